@@ -1,0 +1,103 @@
+//! The storage boundary of Sesame: one trait, [`Storage`], with
+//!
+//! - [`EmbeddedStorage`]: the durable default, a redb file with group commit
+//!   (many concurrent writes share one fsync), so `cargo run` needs no
+//!   infrastructure and enrolled devices and verdicts survive `kill -9`;
+//! - [`MemStorage`]: in memory, for unit tests.
+//!
+//! Every backend passes the same conformance suite (`testsuite`, run by
+//! `tests/conformance.rs`). Every method that takes a tenant enforces tenant
+//! isolation itself, so a caller cannot forget it; methods keyed only by a
+//! random 128-bit id return the record and leave the tenant check to the
+//! caller, which holds the authenticated identity (device or tenant).
+
+mod embedded;
+mod error;
+mod mem;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
+
+use async_trait::async_trait;
+use sesame_core::time::UnixMillis;
+use sesame_core::{
+    ApiKeyRecord, Challenge, ChallengeId, Device, DeviceId, EnrollmentTicket, Resolution,
+    Tenant, TenantId,
+};
+
+pub use embedded::{EmbeddedConfig, EmbeddedStorage};
+pub use error::StorageError;
+pub use mem::MemStorage;
+
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// What `create_challenge` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// The challenge was stored.
+    New,
+    /// The tenant already created a challenge with this idempotency key: that one.
+    Existing(Box<Challenge>),
+}
+
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Short backend name for logs and metrics ("embedded", "mem", "scylla").
+    fn name(&self) -> &'static str;
+
+    /// Succeeds when the backend can serve reads and writes.
+    async fn health_check(&self) -> Result<()>;
+
+    async fn put_tenant(&self, tenant: &Tenant) -> Result<()>;
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>>;
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<()>;
+    async fn get_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>>;
+
+    async fn create_enrollment(&self, ticket: &EnrollmentTicket) -> Result<()>;
+    async fn get_enrollment(&self, token_sha256: &[u8; 32]) -> Result<Option<EnrollmentTicket>>;
+    /// Atomically consumes the ticket and stores the new device. Fails with
+    /// `Conflict` when the ticket was already used (or never existed), and
+    /// with `LimitExceeded` when the user already has `max_devices` active
+    /// devices; nothing is stored then.
+    async fn complete_enrollment(
+        &self,
+        token_sha256: &[u8; 32],
+        device: &Device,
+        max_devices: usize,
+    ) -> Result<()>;
+
+    async fn get_device(&self, id: &DeviceId) -> Result<Option<Device>>;
+    /// All devices of one user of one tenant, oldest first.
+    async fn list_devices(&self, tenant: &TenantId, user_id: &str) -> Result<Vec<Device>>;
+    /// Marks a device revoked (idempotent). `NotFound` if it is not the tenant's.
+    async fn revoke_device(&self, tenant: &TenantId, id: &DeviceId, now: UnixMillis)
+        -> Result<Device>;
+    /// Replaces the push token and re-enables push. `Conflict` if revoked.
+    async fn update_push_token(&self, id: &DeviceId, push_token: &str) -> Result<Device>;
+    /// Disables push for a device whose token the provider reported dead, but
+    /// only while the device still has that token: a report about an old
+    /// token must not disable the new one. Returns whether it changed.
+    async fn disable_push(&self, id: &DeviceId, dead_token: &str) -> Result<bool>;
+
+    /// Stores a new challenge, or returns the existing one with the same
+    /// (tenant, idempotency key).
+    async fn create_challenge(&self, challenge: &Challenge) -> Result<Created>;
+    async fn get_challenge(&self, id: &ChallengeId) -> Result<Option<Challenge>>;
+    /// Challenges that list this device and are still pending at `now`,
+    /// oldest first.
+    async fn pending_challenges(&self, device: &DeviceId, now: UnixMillis)
+        -> Result<Vec<Challenge>>;
+    /// The one final transition, atomic: applied only if the challenge is
+    /// still pending at `now` (first answer wins). Returns the resolved
+    /// challenge, or `Transition` saying what it already is.
+    async fn resolve_challenge(
+        &self,
+        id: &ChallengeId,
+        resolution: &Resolution,
+        now: UnixMillis,
+    ) -> Result<Challenge>;
+
+    /// Deletes enrollment tickets expired before `now` and challenges that
+    /// expired before `challenges_before`. Returns how many records went.
+    async fn purge_expired(&self, now: UnixMillis, challenges_before: UnixMillis)
+        -> Result<usize>;
+}

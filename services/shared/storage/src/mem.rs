@@ -1,0 +1,229 @@
+//! In-memory backend for unit tests: one mutex over plain maps, so its
+//! behaviour is easy to trust and it serves as the reference for the
+//! conformance suite.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use sesame_core::time::UnixMillis;
+use sesame_core::{
+    ApiKeyRecord, Challenge, ChallengeId, Device, DeviceId, EnrollmentTicket, Resolution,
+    Tenant, TenantId,
+};
+
+use crate::{Created, Result, Storage, StorageError};
+
+#[derive(Default)]
+struct Inner {
+    tenants: HashMap<TenantId, Tenant>,
+    api_keys: HashMap<String, ApiKeyRecord>,
+    enrollments: HashMap<[u8; 32], EnrollmentTicket>,
+    devices: HashMap<DeviceId, Device>,
+    challenges: HashMap<ChallengeId, Challenge>,
+    idempotency: HashMap<(TenantId, String), ChallengeId>,
+}
+
+#[derive(Default)]
+pub struct MemStorage {
+    inner: Mutex<Inner>,
+}
+
+impl MemStorage {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>> {
+        self.inner
+            .lock()
+            .map_err(|_| StorageError::Backend("mem storage mutex poisoned".into()))
+    }
+}
+
+#[async_trait]
+impl Storage for MemStorage {
+    fn name(&self) -> &'static str {
+        "mem"
+    }
+
+    async fn health_check(&self) -> Result<()> {
+        self.lock().map(|_| ())
+    }
+
+    async fn put_tenant(&self, tenant: &Tenant) -> Result<()> {
+        self.lock()?.tenants.insert(tenant.id.clone(), tenant.clone());
+        Ok(())
+    }
+
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
+        Ok(self.lock()?.tenants.get(id).cloned())
+    }
+
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
+        self.lock()?.api_keys.insert(key.key_id.clone(), key.clone());
+        Ok(())
+    }
+
+    async fn get_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>> {
+        Ok(self.lock()?.api_keys.get(key_id).cloned())
+    }
+
+    async fn create_enrollment(&self, ticket: &EnrollmentTicket) -> Result<()> {
+        self.lock()?
+            .enrollments
+            .insert(ticket.token_sha256, ticket.clone());
+        Ok(())
+    }
+
+    async fn get_enrollment(&self, token_sha256: &[u8; 32]) -> Result<Option<EnrollmentTicket>> {
+        Ok(self.lock()?.enrollments.get(token_sha256).cloned())
+    }
+
+    async fn complete_enrollment(
+        &self,
+        token_sha256: &[u8; 32],
+        device: &Device,
+        max_devices: usize,
+    ) -> Result<()> {
+        let mut g = self.lock()?;
+        if !g.enrollments.contains_key(token_sha256) {
+            return Err(StorageError::Conflict(
+                "enrollment token was already used".into(),
+            ));
+        }
+        let active = g
+            .devices
+            .values()
+            .filter(|d| {
+                d.tenant_id == device.tenant_id && d.user_id == device.user_id && d.is_active()
+            })
+            .count();
+        if active >= max_devices {
+            return Err(StorageError::LimitExceeded(format!(
+                "user already has {active} active devices (at most {max_devices})"
+            )));
+        }
+        g.enrollments.remove(token_sha256);
+        g.devices.insert(device.id.clone(), device.clone());
+        Ok(())
+    }
+
+    async fn get_device(&self, id: &DeviceId) -> Result<Option<Device>> {
+        Ok(self.lock()?.devices.get(id).cloned())
+    }
+
+    async fn list_devices(&self, tenant: &TenantId, user_id: &str) -> Result<Vec<Device>> {
+        let g = self.lock()?;
+        let mut v: Vec<Device> = g
+            .devices
+            .values()
+            .filter(|d| &d.tenant_id == tenant && d.user_id == user_id)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| (a.enrolled_at, &a.id).cmp(&(b.enrolled_at, &b.id)));
+        Ok(v)
+    }
+
+    async fn revoke_device(
+        &self,
+        tenant: &TenantId,
+        id: &DeviceId,
+        now: UnixMillis,
+    ) -> Result<Device> {
+        let mut g = self.lock()?;
+        match g.devices.get_mut(id) {
+            Some(d) if &d.tenant_id == tenant => {
+                if d.revoked_at.is_none() {
+                    d.revoked_at = Some(now);
+                }
+                Ok(d.clone())
+            }
+            _ => Err(StorageError::NotFound("device")),
+        }
+    }
+
+    async fn update_push_token(&self, id: &DeviceId, push_token: &str) -> Result<Device> {
+        let mut g = self.lock()?;
+        let d = g.devices.get_mut(id).ok_or(StorageError::NotFound("device"))?;
+        if !d.is_active() {
+            return Err(StorageError::Conflict("device is revoked".into()));
+        }
+        d.push_token = push_token.to_owned();
+        d.push_enabled = true;
+        Ok(d.clone())
+    }
+
+    async fn disable_push(&self, id: &DeviceId, dead_token: &str) -> Result<bool> {
+        let mut g = self.lock()?;
+        match g.devices.get_mut(id) {
+            Some(d) if d.push_token == dead_token && d.push_enabled => {
+                d.push_enabled = false;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn create_challenge(&self, challenge: &Challenge) -> Result<Created> {
+        let mut g = self.lock()?;
+        if let Some(key) = &challenge.idempotency_key {
+            let k = (challenge.tenant_id.clone(), key.clone());
+            if let Some(existing) = g.idempotency.get(&k).and_then(|id| g.challenges.get(id)) {
+                return Ok(Created::Existing(Box::new(existing.clone())));
+            }
+            g.idempotency.insert(k, challenge.id.clone());
+        }
+        g.challenges.insert(challenge.id.clone(), challenge.clone());
+        Ok(Created::New)
+    }
+
+    async fn get_challenge(&self, id: &ChallengeId) -> Result<Option<Challenge>> {
+        Ok(self.lock()?.challenges.get(id).cloned())
+    }
+
+    async fn pending_challenges(
+        &self,
+        device: &DeviceId,
+        now: UnixMillis,
+    ) -> Result<Vec<Challenge>> {
+        let g = self.lock()?;
+        let mut v: BTreeMap<(UnixMillis, ChallengeId), Challenge> = BTreeMap::new();
+        for c in g.challenges.values() {
+            if c.devices.contains(device) && !c.status(now).is_final() {
+                v.insert((c.created_at, c.id.clone()), c.clone());
+            }
+        }
+        Ok(v.into_values().collect())
+    }
+
+    async fn resolve_challenge(
+        &self,
+        id: &ChallengeId,
+        resolution: &Resolution,
+        now: UnixMillis,
+    ) -> Result<Challenge> {
+        let mut g = self.lock()?;
+        let c = g
+            .challenges
+            .get_mut(id)
+            .ok_or(StorageError::NotFound("challenge"))?;
+        c.check_transition(now)?;
+        c.resolution = Some(resolution.clone());
+        Ok(c.clone())
+    }
+
+    async fn purge_expired(&self, now: UnixMillis, challenges_before: UnixMillis) -> Result<usize> {
+        let mut g = self.lock()?;
+        let before = g.enrollments.len() + g.challenges.len();
+        g.enrollments.retain(|_, t| t.expires_at > now);
+        g.challenges.retain(|_, c| c.expires_at >= challenges_before);
+        let Inner {
+            idempotency,
+            challenges,
+            ..
+        } = &mut *g;
+        idempotency.retain(|_, id| challenges.contains_key(id));
+        Ok(before - g.enrollments.len() - g.challenges.len())
+    }
+}

@@ -1,0 +1,361 @@
+//! The conformance suite every storage backend must pass. Each case is a
+//! plain async function over `Arc<dyn Storage>`; [`storage_suite!`] expands
+//! to one `#[tokio::test]` per case for a given constructor, so the same code
+//! runs against the embedded backend in CI and against ScyllaDB wherever one
+//! is reachable.
+
+use std::sync::Arc;
+
+use sesame_core::model::*;
+use sesame_core::time::now_ms;
+use sesame_core::{ChallengeId, DeviceId, TenantId};
+
+use crate::{Created, Storage, StorageError};
+
+pub type Store = Arc<dyn Storage>;
+
+fn tenant(s: &str) -> TenantId {
+    TenantId::parse(s).expect("valid tenant id")
+}
+
+/// A unique tenant per test, so a shared cluster can run cases concurrently.
+pub fn fresh_tenant() -> TenantId {
+    tenant(&format!("t-{}", &ChallengeId::generate().as_str()[3..15]))
+}
+
+pub fn device(tenant: &TenantId, user: &str, enrolled_at: i64) -> Device {
+    Device {
+        id: DeviceId::generate(),
+        tenant_id: tenant.clone(),
+        user_id: user.to_owned(),
+        display_name: "phone".into(),
+        platform: Platform::Ios,
+        key_algorithm: KeyAlgorithm::EcdsaP256Sha256,
+        public_key: vec![4; 65],
+        push_token: "tok".into(),
+        push_enabled: true,
+        enrolled_at,
+        revoked_at: None,
+    }
+}
+
+pub fn challenge(tenant: &TenantId, user: &str, devices: Vec<DeviceId>, ttl_ms: i64) -> Challenge {
+    let now = now_ms();
+    Challenge {
+        id: ChallengeId::generate(),
+        tenant_id: tenant.clone(),
+        user_id: user.to_owned(),
+        context: ChallengeContext {
+            client_name: "Bank".into(),
+            action: Action::Login,
+            transaction: None,
+            ip_address: String::new(),
+            location: String::new(),
+            binding_message: String::new(),
+        },
+        context_hash: [1; 32],
+        number_match: NumberMatch {
+            mode: NumberMatchMode::Enter,
+            code: "42".into(),
+            choices: vec![],
+        },
+        created_at: now,
+        expires_at: now + ttl_ms,
+        idempotency_key: None,
+        devices,
+        resolution: None,
+    }
+}
+
+fn approve(device: &DeviceId) -> Resolution {
+    Resolution {
+        outcome: Outcome::Approved,
+        device_id: Some(device.clone()),
+        at: now_ms(),
+    }
+}
+
+async fn enroll(s: &Store, d: &Device) {
+    let token = sesame_core::ids::random_bytes::<32>();
+    s.create_enrollment(&EnrollmentTicket {
+        token_sha256: token,
+        tenant_id: d.tenant_id.clone(),
+        user_id: d.user_id.clone(),
+        created_at: now_ms(),
+        expires_at: now_ms() + 60_000,
+    })
+    .await
+    .expect("create enrollment");
+    s.complete_enrollment(&token, d, 16).await.expect("complete enrollment");
+}
+
+pub async fn tenants_and_keys(s: Store) {
+    let t = Tenant {
+        id: fresh_tenant(),
+        display_name: "Bank".into(),
+        disabled: false,
+        created_at: 1,
+    };
+    assert_eq!(s.get_tenant(&t.id).await.unwrap(), None);
+    s.put_tenant(&t).await.unwrap();
+    assert_eq!(s.get_tenant(&t.id).await.unwrap(), Some(t.clone()));
+    let k = ApiKeyRecord {
+        key_id: format!("k{}", &ChallengeId::generate().as_str()[3..]),
+        tenant_id: t.id.clone(),
+        secret_sha256: [9; 32],
+        created_at: 1,
+        revoked: false,
+    };
+    s.put_api_key(&k).await.unwrap();
+    assert_eq!(s.get_api_key(&k.key_id).await.unwrap(), Some(k.clone()));
+    assert_eq!(s.get_api_key("nope").await.unwrap(), None);
+    s.health_check().await.unwrap();
+}
+
+pub async fn enrollment_token_is_single_use(s: Store) {
+    let t = fresh_tenant();
+    let token = [7u8; 32];
+    let ticket = EnrollmentTicket {
+        token_sha256: token,
+        tenant_id: t.clone(),
+        user_id: "alice".into(),
+        created_at: now_ms(),
+        expires_at: now_ms() + 60_000,
+    };
+    s.create_enrollment(&ticket).await.unwrap();
+    assert_eq!(s.get_enrollment(&token).await.unwrap(), Some(ticket));
+    let d1 = device(&t, "alice", 1);
+    s.complete_enrollment(&token, &d1, 16).await.unwrap();
+    let d2 = device(&t, "alice", 2);
+    assert!(matches!(
+        s.complete_enrollment(&token, &d2, 16).await,
+        Err(StorageError::Conflict(_))
+    ));
+    assert_eq!(s.get_device(&d2.id).await.unwrap(), None, "nothing stored on refusal");
+    assert_eq!(s.get_enrollment(&token).await.unwrap(), None);
+    assert_eq!(s.get_device(&d1.id).await.unwrap(), Some(d1));
+}
+
+pub async fn device_limit_per_user(s: Store) {
+    let t = fresh_tenant();
+    for i in 0..2 {
+        let token = sesame_core::ids::random_bytes::<32>();
+        s.create_enrollment(&EnrollmentTicket {
+            token_sha256: token,
+            tenant_id: t.clone(),
+            user_id: "bob".into(),
+            created_at: 0,
+            expires_at: now_ms() + 60_000,
+        })
+        .await
+        .unwrap();
+        let r = s.complete_enrollment(&token, &device(&t, "bob", i), 1).await;
+        if i == 0 {
+            r.unwrap();
+        } else {
+            assert!(matches!(r, Err(StorageError::LimitExceeded(_))), "{r:?}");
+            assert!(s.get_enrollment(&token).await.unwrap().is_some(), "ticket kept");
+        }
+    }
+}
+
+pub async fn devices_listed_per_user_and_tenant(s: Store) {
+    let (t1, t2) = (fresh_tenant(), fresh_tenant());
+    let a1 = device(&t1, "alice", 1);
+    let a2 = device(&t1, "alice", 2);
+    let b = device(&t1, "alice2", 3);
+    let other = device(&t2, "alice", 4);
+    for d in [&a1, &a2, &b, &other] {
+        enroll(&s, d).await;
+    }
+    let list = s.list_devices(&t1, "alice").await.unwrap();
+    assert_eq!(list, vec![a1.clone(), a2.clone()]);
+    assert_eq!(s.list_devices(&t2, "alice").await.unwrap(), vec![other]);
+    assert!(s.list_devices(&t1, "nobody").await.unwrap().is_empty());
+}
+
+pub async fn revoke_is_tenant_scoped_and_idempotent(s: Store) {
+    let (t1, t2) = (fresh_tenant(), fresh_tenant());
+    let d = device(&t1, "alice", 1);
+    enroll(&s, &d).await;
+    assert_eq!(
+        s.revoke_device(&t2, &d.id, 10).await,
+        Err(StorageError::NotFound("device"))
+    );
+    assert!(s.get_device(&d.id).await.unwrap().unwrap().is_active());
+    let r = s.revoke_device(&t1, &d.id, 10).await.unwrap();
+    assert_eq!(r.revoked_at, Some(10));
+    let again = s.revoke_device(&t1, &d.id, 20).await.unwrap();
+    assert_eq!(again.revoked_at, Some(10));
+    assert!(matches!(
+        s.update_push_token(&d.id, "new").await,
+        Err(StorageError::Conflict(_))
+    ));
+    assert_eq!(
+        s.revoke_device(&t1, &DeviceId::generate(), 1).await,
+        Err(StorageError::NotFound("device"))
+    );
+}
+
+pub async fn dead_token_only_disables_that_token(s: Store) {
+    let t = fresh_tenant();
+    let d = device(&t, "alice", 1);
+    enroll(&s, &d).await;
+    assert!(s.disable_push(&d.id, "tok").await.unwrap());
+    assert!(!s.get_device(&d.id).await.unwrap().unwrap().push_enabled);
+    assert!(!s.disable_push(&d.id, "tok").await.unwrap());
+    let d2 = s.update_push_token(&d.id, "fresh").await.unwrap();
+    assert!(d2.push_enabled);
+    // A late report about the old token must not disable the new one.
+    assert!(!s.disable_push(&d.id, "tok").await.unwrap());
+    assert!(s.get_device(&d.id).await.unwrap().unwrap().push_enabled);
+    assert!(!s.disable_push(&DeviceId::generate(), "tok").await.unwrap());
+}
+
+pub async fn challenge_roundtrip_and_pending(s: Store) {
+    let t = fresh_tenant();
+    let (d1, d2) = (DeviceId::generate(), DeviceId::generate());
+    let c = challenge(&t, "alice", vec![d1.clone(), d2.clone()], 60_000);
+    assert_eq!(s.create_challenge(&c).await.unwrap(), Created::New);
+    assert_eq!(s.get_challenge(&c.id).await.unwrap(), Some(c.clone()));
+    let now = now_ms();
+    assert_eq!(s.pending_challenges(&d1, now).await.unwrap(), vec![c.clone()]);
+    assert_eq!(s.pending_challenges(&d2, now).await.unwrap(), vec![c.clone()]);
+    assert!(s.pending_challenges(&DeviceId::generate(), now).await.unwrap().is_empty());
+    let resolved = s.resolve_challenge(&c.id, &approve(&d1), now).await.unwrap();
+    assert_eq!(resolved.status(now), ChallengeStatus::Approved);
+    assert!(s.pending_challenges(&d2, now).await.unwrap().is_empty());
+    assert_eq!(
+        s.get_challenge(&c.id).await.unwrap().unwrap().resolution,
+        resolved.resolution
+    );
+}
+
+pub async fn expired_challenge_cannot_resolve(s: Store) {
+    let t = fresh_tenant();
+    let d = DeviceId::generate();
+    let c = challenge(&t, "alice", vec![d.clone()], 1_000);
+    s.create_challenge(&c).await.unwrap();
+    let later = c.expires_at + 1;
+    assert!(s.pending_challenges(&d, later).await.unwrap().is_empty());
+    assert_eq!(
+        s.resolve_challenge(&c.id, &approve(&d), later).await,
+        Err(StorageError::Transition(TransitionError::Expired))
+    );
+    assert_eq!(s.get_challenge(&c.id).await.unwrap().unwrap().resolution, None);
+    assert_eq!(
+        s.resolve_challenge(&ChallengeId::generate(), &approve(&d), later).await,
+        Err(StorageError::NotFound("challenge"))
+    );
+}
+
+pub async fn idempotency_key_returns_first_challenge(s: Store) {
+    let (t1, t2) = (fresh_tenant(), fresh_tenant());
+    let mut c1 = challenge(&t1, "alice", vec![], 60_000);
+    c1.idempotency_key = Some("login-1".into());
+    assert_eq!(s.create_challenge(&c1).await.unwrap(), Created::New);
+    let mut c2 = challenge(&t1, "alice", vec![], 60_000);
+    c2.idempotency_key = Some("login-1".into());
+    assert_eq!(
+        s.create_challenge(&c2).await.unwrap(),
+        Created::Existing(Box::new(c1.clone()))
+    );
+    assert_eq!(s.get_challenge(&c2.id).await.unwrap(), None);
+    // Keys are per tenant.
+    let mut c3 = challenge(&t2, "alice", vec![], 60_000);
+    c3.idempotency_key = Some("login-1".into());
+    assert_eq!(s.create_challenge(&c3).await.unwrap(), Created::New);
+}
+
+/// Many concurrent answers to one challenge: exactly one wins.
+pub async fn answer_race_has_one_winner(s: Store) {
+    let t = fresh_tenant();
+    let devices: Vec<DeviceId> = (0..8).map(|_| DeviceId::generate()).collect();
+    let c = challenge(&t, "alice", devices.clone(), 60_000);
+    s.create_challenge(&c).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let (s, id, d) = (s.clone(), c.id.clone(), devices[i % devices.len()].clone());
+        tasks.push(tokio::spawn(async move {
+            let res = Resolution {
+                outcome: if i % 2 == 0 {
+                    Outcome::Approved
+                } else {
+                    Outcome::Denied(DenyReason::UserDenied)
+                },
+                device_id: Some(d),
+                at: now_ms(),
+            };
+            s.resolve_challenge(&id, &res, now_ms()).await.map(|c| c.resolution)
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(r) => winners.push(r),
+            Err(StorageError::Transition(TransitionError::AlreadyFinal(_))) => {}
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one answer wins");
+    let stored = s.get_challenge(&c.id).await.unwrap().unwrap();
+    assert_eq!(stored.resolution, winners[0]);
+}
+
+pub async fn purge_removes_only_expired(s: Store) {
+    let t = fresh_tenant();
+    let d = DeviceId::generate();
+    let mut old = challenge(&t, "alice", vec![d.clone()], 10);
+    old.expires_at = 1_000;
+    old.idempotency_key = Some("k".into());
+    let live = challenge(&t, "alice", vec![d.clone()], 60_000);
+    s.create_challenge(&old).await.unwrap();
+    s.create_challenge(&live).await.unwrap();
+    let stale_ticket = EnrollmentTicket {
+        token_sha256: [3; 32],
+        tenant_id: t.clone(),
+        user_id: "alice".into(),
+        created_at: 0,
+        expires_at: 500,
+    };
+    s.create_enrollment(&stale_ticket).await.unwrap();
+    let n = s.purge_expired(now_ms(), 2_000).await.unwrap();
+    assert!(n >= 2, "purged {n}");
+    assert_eq!(s.get_challenge(&old.id).await.unwrap(), None);
+    assert!(s.get_challenge(&live.id).await.unwrap().is_some());
+    assert_eq!(s.get_enrollment(&[3; 32]).await.unwrap(), None);
+    // The idempotency key went with its challenge.
+    let mut again = challenge(&t, "alice", vec![], 60_000);
+    again.idempotency_key = Some("k".into());
+    assert_eq!(s.create_challenge(&again).await.unwrap(), Created::New);
+}
+
+/// Expands to one `#[tokio::test]` per conformance case for the backend
+/// built by `$make` (an async expression yielding `Arc<dyn Storage>`).
+#[macro_export]
+macro_rules! storage_suite {
+    ($make:expr) => {
+        $crate::storage_suite!(@cases $make;
+            tenants_and_keys,
+            enrollment_token_is_single_use,
+            device_limit_per_user,
+            devices_listed_per_user_and_tenant,
+            revoke_is_tenant_scoped_and_idempotent,
+            dead_token_only_disables_that_token,
+            challenge_roundtrip_and_pending,
+            expired_challenge_cannot_resolve,
+            idempotency_key_returns_first_challenge,
+            answer_race_has_one_winner,
+            purge_removes_only_expired
+        );
+    };
+    (@cases $make:expr; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let store = $make;
+                $crate::testsuite::$case(store).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,24 @@
+//! The storage conformance suite against every backend available here.
+
+mod mem {
+    use std::sync::Arc;
+
+    sesame_storage::storage_suite!(Arc::new(sesame_storage::MemStorage::new()));
+}
+
+mod embedded {
+    use std::sync::Arc;
+
+    use sesame_storage::{EmbeddedConfig, EmbeddedStorage, Storage};
+
+    fn open() -> Arc<dyn Storage> {
+        // The directory must outlive the store: leak it for the test's life.
+        let dir = tempfile::tempdir().expect("tempdir").keep();
+        Arc::new(
+            EmbeddedStorage::open(EmbeddedConfig::new(EmbeddedStorage::path_in(&dir)))
+                .expect("open embedded store"),
+        )
+    }
+
+    sesame_storage::storage_suite!(open());
+}
