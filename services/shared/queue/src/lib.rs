@@ -1,1 +1,149 @@
-//! placeholder
+//! The queue boundary between roles: push jobs from the `challenge` role to
+//! dispatchers, and events (verdicts, dead push tokens) back to the roles
+//! that serve watch streams and own storage.
+//!
+//! [`MemQueue`] is the in-process, bounded default. A Kafka backend plugs in
+//! behind the same trait; that is why a push job carries everything a
+//! dispatcher needs to send (a dispatcher has no database) and why delivery
+//! is acknowledged explicitly (offsets are committed only after the outcome
+//! is known).
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sesame_core::model::{ChallengeStatus, Platform};
+use sesame_core::time::UnixMillis;
+use sesame_core::{ChallengeId, DeviceId, TenantId};
+
+mod mem;
+pub use mem::{MemQueue, MemQueueConfig};
+
+/// One push to one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushJob {
+    pub tenant_id: TenantId,
+    pub device_id: DeviceId,
+    pub challenge_id: ChallengeId,
+    pub platform: Platform,
+    pub push_token: String,
+    /// The challenge's expiry: a job still queued after it is dropped, not sent.
+    pub expires_at: UnixMillis,
+    pub enqueued_at: UnixMillis,
+    /// 0 for the first try; retries count up.
+    pub attempt: u32,
+}
+
+/// Events fanned out to every interested replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// A challenge reached a final state.
+    Verdict {
+        tenant_id: TenantId,
+        challenge_id: ChallengeId,
+        status: ChallengeStatusWire,
+    },
+    /// The provider said this token is dead: disable push for the device
+    /// (if it still has this token).
+    PushTokenDead {
+        device_id: DeviceId,
+        push_token: String,
+    },
+}
+
+/// Serializable mirror of [`ChallengeStatus`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChallengeStatusWire {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    Cancelled,
+}
+
+impl From<ChallengeStatus> for ChallengeStatusWire {
+    fn from(s: ChallengeStatus) -> Self {
+        match s {
+            ChallengeStatus::Pending => ChallengeStatusWire::Pending,
+            ChallengeStatus::Approved => ChallengeStatusWire::Approved,
+            ChallengeStatus::Denied => ChallengeStatusWire::Denied,
+            ChallengeStatus::Expired => ChallengeStatusWire::Expired,
+            ChallengeStatus::Cancelled => ChallengeStatusWire::Cancelled,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// The local queue is full: the caller should answer `UNAVAILABLE` now
+    /// rather than wait.
+    #[error("queue is full ({0})")]
+    Full(&'static str),
+    #[error("queue is closed")]
+    Closed,
+    #[error("queue backend error: {0}")]
+    Backend(String),
+}
+
+/// Acknowledges one delivered push job (commits its offset in Kafka).
+pub trait Acker: Send {
+    fn ack(self: Box<Self>);
+}
+
+/// A push job handed to a dispatcher, to be acknowledged once its outcome is known.
+pub struct PushDelivery {
+    pub job: PushJob,
+    acker: Option<Box<dyn Acker>>,
+}
+
+impl PushDelivery {
+    pub fn new(job: PushJob, acker: Option<Box<dyn Acker>>) -> Self {
+        PushDelivery { job, acker }
+    }
+
+    pub fn ack(mut self) {
+        if let Some(a) = self.acker.take() {
+            a.ack();
+        }
+    }
+}
+
+#[async_trait]
+pub trait PushConsumer: Send {
+    /// The next job; `None` once the queue is closed.
+    async fn next(&mut self) -> Option<PushDelivery>;
+}
+
+#[async_trait]
+pub trait EventSubscriber: Send {
+    /// The next event. `Err(Lagged(n))` when `n` events were missed: the
+    /// subscriber must re-read the state it derives from events.
+    async fn next(&mut self) -> Result<Event, EventError>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("subscriber lagged and missed {0} events")]
+    Lagged(u64),
+    #[error("event stream closed")]
+    Closed,
+}
+
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+
+    /// Enqueues all jobs of one challenge, or none: fails fast with `Full`
+    /// when they do not fit, never blocks.
+    fn publish_pushes(&self, jobs: Vec<PushJob>) -> Result<(), QueueError>;
+
+    /// Publishes an event to every subscriber; never blocks.
+    fn publish_event(&self, event: Event) -> Result<(), QueueError>;
+
+    /// A consumer of push jobs; consumers share the jobs between them.
+    async fn push_consumer(&self) -> Result<Box<dyn PushConsumer>, QueueError>;
+
+    /// A subscriber that sees every event published from now on.
+    async fn subscribe_events(&self) -> Result<Box<dyn EventSubscriber>, QueueError>;
+
+    /// Stops handing out jobs; consumers see `None` once the queue drains.
+    fn close(&self);
+}

@@ -1,0 +1,273 @@
+//! `sesame.tenant.v1.ChallengeService`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sesame_core::limits::{DEFAULT_CHALLENGE_TTL_SECS, MAX_CHALLENGE_TTL_SECS, MIN_CHALLENGE_TTL_SECS};
+use sesame_core::model::{Challenge, ChallengeStatus, Outcome, Resolution};
+use sesame_core::time::now_ms;
+use sesame_core::{number_match, payload, validate, ChallengeId, TenantId};
+use sesame_grpc::{convert, ApiError};
+use sesame_proto::tenant::v1 as pb;
+use sesame_queue::{Event, PushJob, Queue};
+use sesame_storage::{Created, Storage};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::{TenantAuth, WatchHub};
+
+pub struct ChallengeApi {
+    storage: Arc<dyn Storage>,
+    queue: Arc<dyn Queue>,
+    auth: TenantAuth,
+    hub: WatchHub,
+}
+
+pub fn challenge_out(c: &Challenge, now: i64) -> pb::Challenge {
+    let res = c.resolution.as_ref();
+    pb::Challenge {
+        challenge_id: c.id.to_string(),
+        user_id: c.user_id.clone(),
+        status: convert::status_out(c.status(now)),
+        context: Some(convert::context_out(&c.context)),
+        number_match: convert::number_match_out(c.number_match.mode),
+        number_match_code: c.number_match.code.clone(),
+        created_at_unix_ms: c.created_at,
+        expires_at_unix_ms: c.expires_at,
+        devices_notified: c.devices.len() as u32,
+        answered_by_device_id: res
+            .and_then(|r| r.device_id.as_ref())
+            .map(|d| d.to_string())
+            .unwrap_or_default(),
+        resolved_at_unix_ms: res.map(|r| r.at).unwrap_or(0),
+        deny_reason: convert::deny_reason_out(c.deny_reason()),
+    }
+}
+
+impl ChallengeApi {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        queue: Arc<dyn Queue>,
+        auth: TenantAuth,
+        hub: WatchHub,
+    ) -> Self {
+        ChallengeApi {
+            storage,
+            queue,
+            auth,
+            hub,
+        }
+    }
+
+    /// The tenant's challenge, or `NOT_FOUND` (also for another tenant's).
+    async fn load(&self, tenant: &TenantId, id: &str) -> Result<Challenge, ApiError> {
+        let id = ChallengeId::parse(id)?;
+        match self.storage.get_challenge(&id).await? {
+            Some(c) if &c.tenant_id == tenant => Ok(c),
+            _ => Err(ApiError::NotFound("challenge")),
+        }
+    }
+
+    async fn create(
+        &self,
+        tenant: TenantId,
+        req: pb::CreateChallengeRequest,
+    ) -> Result<Challenge, ApiError> {
+        validate::user_id(&req.user_id)?;
+        let context = convert::context_in(req.context)?;
+        validate::context(&context)?;
+        let options = req.options.unwrap_or_default();
+        let ttl = match options.ttl_seconds {
+            0 => DEFAULT_CHALLENGE_TTL_SECS,
+            t if (MIN_CHALLENGE_TTL_SECS..=MAX_CHALLENGE_TTL_SECS).contains(&t) => t,
+            t => {
+                return Err(ApiError::invalid(
+                    "options.ttl_seconds",
+                    format!(
+                        "{t} is outside {MIN_CHALLENGE_TTL_SECS}..={MAX_CHALLENGE_TTL_SECS} (0 means the default, {DEFAULT_CHALLENGE_TTL_SECS})"
+                    ),
+                ))
+            }
+        };
+        let mode = convert::number_match_in(options.number_match)?;
+        validate::idempotency_key(&options.idempotency_key)?;
+
+        let devices: Vec<_> = self
+            .storage
+            .list_devices(&tenant, &req.user_id)
+            .await?
+            .into_iter()
+            .filter(|d| d.is_active())
+            .collect();
+        if devices.is_empty() {
+            return Err(ApiError::FailedPrecondition(format!(
+                "user {:?} has no active device: enroll one first (BeginEnrollment)",
+                req.user_id
+            )));
+        }
+
+        let now = now_ms();
+        let challenge = Challenge {
+            id: ChallengeId::generate(),
+            tenant_id: tenant.clone(),
+            user_id: req.user_id,
+            context_hash: payload::context_hash(&context),
+            context,
+            number_match: number_match::generate(mode),
+            created_at: now,
+            expires_at: now + i64::from(ttl) * 1000,
+            idempotency_key: (!options.idempotency_key.is_empty())
+                .then_some(options.idempotency_key),
+            devices: devices.iter().map(|d| d.id.clone()).collect(),
+            resolution: None,
+        };
+        match self.storage.create_challenge(&challenge).await? {
+            Created::New => {}
+            Created::Existing(existing) => {
+                if existing.user_id != challenge.user_id {
+                    return Err(ApiError::invalid(
+                        "options.idempotency_key",
+                        "was already used for a challenge to another user",
+                    ));
+                }
+                return Ok(*existing);
+            }
+        }
+
+        let jobs: Vec<PushJob> = devices
+            .iter()
+            .filter(|d| d.push_enabled && !d.push_token.is_empty())
+            .map(|d| PushJob {
+                tenant_id: tenant.clone(),
+                device_id: d.id.clone(),
+                challenge_id: challenge.id.clone(),
+                platform: d.platform,
+                push_token: d.push_token.clone(),
+                expires_at: challenge.expires_at,
+                enqueued_at: now,
+                attempt: 0,
+            })
+            .collect();
+        if let Err(e) = self.queue.publish_pushes(jobs) {
+            // No push will go out: cancel so that nothing can answer a
+            // challenge the tenant was told failed, then tell it to retry.
+            let cancel = Resolution {
+                outcome: Outcome::Cancelled,
+                device_id: None,
+                at: now_ms(),
+            };
+            let _ = self
+                .storage
+                .resolve_challenge(&challenge.id, &cancel, now_ms())
+                .await;
+            return Err(e.into());
+        }
+        tracing::debug!(tenant = %tenant, challenge_id = %challenge.id, "challenge created");
+        Ok(challenge)
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Challenge, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::challenge_service_server::ChallengeService for ChallengeApi {
+    async fn create_challenge(
+        &self,
+        request: Request<pb::CreateChallengeRequest>,
+    ) -> Result<Response<pb::CreateChallengeResponse>, Status> {
+        let tenant = self.auth.authenticate(request.metadata()).await?;
+        let c = self.create(tenant, request.into_inner()).await?;
+        Ok(Response::new(pb::CreateChallengeResponse {
+            challenge: Some(challenge_out(&c, now_ms())),
+        }))
+    }
+
+    async fn get_challenge(
+        &self,
+        request: Request<pb::GetChallengeRequest>,
+    ) -> Result<Response<pb::Challenge>, Status> {
+        let tenant = self.auth.authenticate(request.metadata()).await?;
+        let c = self.load(&tenant, &request.get_ref().challenge_id).await?;
+        Ok(Response::new(challenge_out(&c, now_ms())))
+    }
+
+    type WatchChallengeStream = WatchStream;
+
+    async fn watch_challenge(
+        &self,
+        request: Request<pb::WatchChallengeRequest>,
+    ) -> Result<Response<Self::WatchChallengeStream>, Status> {
+        let tenant = self.auth.authenticate(request.metadata()).await?;
+        let first = self.load(&tenant, &request.get_ref().challenge_id).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let storage = self.storage.clone();
+        let watch = self.hub.watch(&first.id);
+        tokio::spawn(async move {
+            let mut last: Option<ChallengeStatus> = None;
+            let mut current = first;
+            loop {
+                let notified = watch.notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                // Re-read after registering, so a change between the read and
+                // the wait cannot be missed.
+                if last.is_some() {
+                    match storage.get_challenge(&current.id).await {
+                        Ok(Some(c)) => current = c,
+                        Ok(None) => return,
+                        Err(e) => {
+                            let _ = tx.send(Err(Status::from(ApiError::from(e)))).await;
+                            return;
+                        }
+                    }
+                }
+                let now = now_ms();
+                let status = current.status(now);
+                if last != Some(status) {
+                    if tx.send(Ok(challenge_out(&current, now))).await.is_err() {
+                        return;
+                    }
+                    last = Some(status);
+                }
+                if status.is_final() {
+                    return;
+                }
+                let until_expiry = Duration::from_millis((current.expires_at - now).max(0) as u64);
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep(until_expiry) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn cancel_challenge(
+        &self,
+        request: Request<pb::CancelChallengeRequest>,
+    ) -> Result<Response<pb::Challenge>, Status> {
+        let tenant = self.auth.authenticate(request.metadata()).await?;
+        let c = self.load(&tenant, &request.get_ref().challenge_id).await?;
+        let now = now_ms();
+        let resolution = Resolution {
+            outcome: Outcome::Cancelled,
+            device_id: None,
+            at: now,
+        };
+        let c = self
+            .storage
+            .resolve_challenge(&c.id, &resolution, now)
+            .await
+            .map_err(ApiError::from)?;
+        let _ = self.queue.publish_event(Event::Verdict {
+            tenant_id: tenant,
+            challenge_id: c.id.clone(),
+            status: ChallengeStatus::Cancelled.into(),
+        });
+        Ok(Response::new(challenge_out(&c, now)))
+    }
+}

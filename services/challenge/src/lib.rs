@@ -1,0 +1,76 @@
+//! The `challenge` role: the API identity servers call.
+//!
+//! - [`EnrollmentApi`]: begin enrollment, list and revoke devices;
+//! - [`ChallengeApi`]: create, get, watch (server stream) and cancel challenges;
+//! - [`WatchHub`]: wakes watch streams when an event says a challenge changed;
+//! - [`TenantAuth`]: API-key authentication, keys stored as SHA-256 hashes.
+//!
+//! Both services are thin adapters from proto to the domain; all state lives
+//! behind the `Storage` and `Queue` traits so any number of replicas can run.
+
+pub mod apikey;
+mod auth;
+mod challenges;
+mod enrollment;
+mod hub;
+
+use std::sync::Arc;
+
+pub use auth::TenantAuth;
+pub use challenges::ChallengeApi;
+pub use enrollment::EnrollmentApi;
+pub use hub::WatchHub;
+
+use sesame_queue::{Event, EventError, Queue};
+use sesame_storage::Storage;
+
+/// Settings of the challenge role.
+#[derive(Debug, Clone)]
+pub struct ChallengeConfig {
+    /// Where phones reach the device API; goes into enrollment URIs.
+    pub public_device_url: String,
+    /// Most active devices per user.
+    pub max_devices_per_user: usize,
+}
+
+impl Default for ChallengeConfig {
+    fn default() -> Self {
+        ChallengeConfig {
+            public_device_url: "http://127.0.0.1:50051".into(),
+            max_devices_per_user: sesame_core::limits::MAX_DEVICES_PER_USER,
+        }
+    }
+}
+
+/// Applies events from other roles: wakes watch streams on verdicts and
+/// disables push for dead tokens (this role owns storage). Runs until the
+/// event stream closes.
+pub async fn run_event_loop(queue: Arc<dyn Queue>, storage: Arc<dyn Storage>, hub: WatchHub) {
+    let mut events = match queue.subscribe_events().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot subscribe to events");
+            return;
+        }
+    };
+    loop {
+        match events.next().await {
+            Ok(Event::Verdict { challenge_id, .. }) => hub.notify(&challenge_id),
+            Ok(Event::PushTokenDead {
+                device_id,
+                push_token,
+            }) => match storage.disable_push(&device_id, &push_token).await {
+                Ok(changed) => {
+                    tracing::info!(%device_id, changed, "push disabled for a dead token")
+                }
+                Err(e) => tracing::warn!(error = %e, %device_id, "cannot disable a dead token"),
+            },
+            // Missed events: every watcher re-reads its challenge.
+            Err(EventError::Lagged(n)) => {
+                tracing::warn!(missed = n, "event subscriber lagged; refreshing all watchers");
+                hub.notify_all();
+            }
+            Err(EventError::Closed) => return,
+        }
+    }
+}

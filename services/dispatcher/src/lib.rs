@@ -1,0 +1,274 @@
+//! The `dispatcher` role: takes push jobs from the queue and sends each one
+//! through the push provider. Stateless (a job carries all it needs), so any
+//! number of dispatchers can share a queue.
+//!
+//! Per job: a job whose challenge has expired is dropped, not sent; a dead
+//! token is reported back as an event for the role that owns storage; a
+//! transient failure is retried after `Retry-After` or an exponential
+//! backoff with full jitter, at most [`DispatcherConfig::max_attempts`]
+//! times and never past the challenge's expiry; the job is acknowledged only
+//! once its outcome is known. Concurrency is bounded by a semaphore, so a
+//! slow provider applies back-pressure to the queue instead of growing memory.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use sesame_core::time::now_ms;
+use sesame_push::{PushOutcome, PushProvider};
+use sesame_queue::{Event, PushDelivery, Queue};
+use tokio::sync::Semaphore;
+
+#[derive(Debug, Clone)]
+pub struct DispatcherConfig {
+    /// Pushes in flight at once.
+    pub concurrency: usize,
+    /// Tries per push, the first included.
+    pub max_attempts: u32,
+    /// First retry delay; doubles each attempt (with full jitter).
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        DispatcherConfig {
+            concurrency: 512,
+            max_attempts: 5,
+            base_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Counters of what the dispatcher did (exported as metrics by the binary).
+#[derive(Debug, Default)]
+pub struct DispatchStats {
+    pub delivered: AtomicU64,
+    pub expired_dropped: AtomicU64,
+    pub dead_tokens: AtomicU64,
+    pub retried: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl DispatchStats {
+    pub fn snapshot(&self) -> [(&'static str, u64); 5] {
+        [
+            ("delivered", self.delivered.load(Ordering::Relaxed)),
+            ("expired_dropped", self.expired_dropped.load(Ordering::Relaxed)),
+            ("dead_token", self.dead_tokens.load(Ordering::Relaxed)),
+            ("retried", self.retried.load(Ordering::Relaxed)),
+            ("failed", self.failed.load(Ordering::Relaxed)),
+        ]
+    }
+}
+
+pub struct Dispatcher {
+    queue: Arc<dyn Queue>,
+    provider: Arc<dyn PushProvider>,
+    config: DispatcherConfig,
+    stats: Arc<DispatchStats>,
+}
+
+/// Delay before retry number `attempt` (1-based): `Retry-After` when the
+/// provider gave one, else full-jitter exponential backoff.
+pub fn retry_delay(config: &DispatcherConfig, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    if let Some(d) = retry_after {
+        return d.min(config.max_backoff);
+    }
+    let exp = config
+        .base_backoff
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let cap = exp.min(config.max_backoff);
+    let millis = cap.as_millis().max(1) as u64;
+    Duration::from_millis(rand::thread_rng().gen_range(0..=millis))
+}
+
+impl Dispatcher {
+    pub fn new(queue: Arc<dyn Queue>, provider: Arc<dyn PushProvider>, config: DispatcherConfig) -> Self {
+        Dispatcher {
+            queue,
+            provider,
+            config,
+            stats: Arc::new(DispatchStats::default()),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<DispatchStats> {
+        self.stats.clone()
+    }
+
+    /// Consumes until the queue closes, then waits for in-flight pushes.
+    pub async fn run(self) {
+        let mut consumer = match self.queue.push_consumer().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "dispatcher cannot consume push jobs");
+                return;
+            }
+        };
+        let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let shared = Arc::new(self);
+        while let Some(delivery) = consumer.next().await {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let me = shared.clone();
+            tokio::spawn(async move {
+                me.handle(delivery).await;
+                drop(permit);
+            });
+        }
+        // Drain: wait until every in-flight push has finished.
+        let _ = permits
+            .acquire_many(shared.config.concurrency.max(1) as u32)
+            .await;
+    }
+
+    async fn handle(&self, delivery: PushDelivery) {
+        let mut job = delivery.job.clone();
+        loop {
+            let now = now_ms();
+            if now >= job.expires_at {
+                self.stats.expired_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(challenge_id = %job.challenge_id, "push dropped: challenge expired");
+                break;
+            }
+            match self.provider.send(&job, now).await {
+                PushOutcome::Delivered => {
+                    self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                PushOutcome::DeadToken => {
+                    self.stats.dead_tokens.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.queue.publish_event(Event::PushTokenDead {
+                        device_id: job.device_id.clone(),
+                        push_token: job.push_token.clone(),
+                    });
+                    break;
+                }
+                PushOutcome::Failed { reason } => {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%reason, provider = self.provider.name(), device_id = %job.device_id, "push failed permanently");
+                    break;
+                }
+                PushOutcome::Retry { after, reason } => {
+                    job.attempt += 1;
+                    if job.attempt >= self.config.max_attempts {
+                        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%reason, attempts = job.attempt, device_id = %job.device_id, "push failed after retries");
+                        break;
+                    }
+                    self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    let delay = retry_delay(&self.config, job.attempt, after);
+                    let left = Duration::from_millis((job.expires_at - now_ms()).max(0) as u64);
+                    tokio::time::sleep(delay.min(left)).await;
+                }
+            }
+        }
+        delivery.ack();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use sesame_core::model::Platform;
+    use sesame_core::{ChallengeId, DeviceId, TenantId};
+    use sesame_queue::{MemQueue, MemQueueConfig, PushJob};
+    use std::sync::Mutex;
+
+    struct Scripted(Mutex<Vec<PushOutcome>>, AtomicU64);
+
+    #[async_trait]
+    impl PushProvider for Scripted {
+        fn name(&self) -> &'static str {
+            "scripted"
+        }
+        async fn send(&self, _job: &PushJob, _now: i64) -> PushOutcome {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            self.0.lock().unwrap().pop().unwrap_or(PushOutcome::Delivered)
+        }
+    }
+
+    fn job(expires_in: i64) -> PushJob {
+        PushJob {
+            tenant_id: TenantId::parse("t").unwrap(),
+            device_id: DeviceId::generate(),
+            challenge_id: ChallengeId::generate(),
+            platform: Platform::Ios,
+            push_token: "tok".into(),
+            expires_at: now_ms() + expires_in,
+            enqueued_at: now_ms(),
+            attempt: 0,
+        }
+    }
+
+    async fn run_with(outcomes: Vec<PushOutcome>, jobs: Vec<PushJob>) -> (Arc<DispatchStats>, u64, Vec<Event>) {
+        let queue = Arc::new(MemQueue::new(MemQueueConfig::default()));
+        let mut events = queue.subscribe_events().await.unwrap();
+        let provider = Arc::new(Scripted(Mutex::new(outcomes), AtomicU64::new(0)));
+        let config = DispatcherConfig {
+            base_backoff: Duration::from_millis(1),
+            ..Default::default()
+        };
+        let d = Dispatcher::new(queue.clone(), provider.clone(), config);
+        let stats = d.stats();
+        queue.publish_pushes(jobs).unwrap();
+        queue.close();
+        d.run().await;
+        let mut seen = Vec::new();
+        while let Ok(Ok(e)) = tokio::time::timeout(Duration::from_millis(10), events.next()).await {
+            seen.push(e);
+        }
+        (stats, provider.1.load(Ordering::Relaxed), seen)
+    }
+
+    #[tokio::test]
+    async fn expired_jobs_are_dropped_not_sent() {
+        let (stats, sends, _) = run_with(vec![], vec![job(-1), job(60_000)]).await;
+        assert_eq!(sends, 1);
+        assert_eq!(stats.expired_dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.delivered.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn retries_then_delivers() {
+        let retry = PushOutcome::Retry { after: Some(Duration::from_millis(1)), reason: "503".into() };
+        let (stats, sends, _) = run_with(vec![retry.clone(), retry], vec![job(60_000)]).await;
+        assert_eq!(sends, 3);
+        assert_eq!(stats.retried.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.delivered.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn gives_up_after_max_attempts() {
+        let retry = PushOutcome::Retry { after: None, reason: "503".into() };
+        let (stats, sends, _) = run_with(vec![retry; 10], vec![job(60_000)]).await;
+        assert_eq!(sends, 5);
+        assert_eq!(stats.failed.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn dead_token_is_reported_back() {
+        let j = job(60_000);
+        let (stats, _, events) = run_with(vec![PushOutcome::DeadToken], vec![j.clone()]).await;
+        assert_eq!(stats.dead_tokens.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            events,
+            vec![Event::PushTokenDead { device_id: j.device_id, push_token: j.push_token }]
+        );
+    }
+
+    #[test]
+    fn backoff_is_capped_and_honours_retry_after() {
+        let c = DispatcherConfig::default();
+        assert_eq!(retry_delay(&c, 3, Some(Duration::from_secs(2))), Duration::from_secs(2));
+        assert_eq!(retry_delay(&c, 1, Some(Duration::from_secs(99))), c.max_backoff);
+        for a in 1..30 {
+            assert!(retry_delay(&c, a, None) <= c.max_backoff);
+        }
+    }
+}

@@ -1,0 +1,99 @@
+use sesame_core::ids::IdError;
+use sesame_core::model::TransitionError;
+use sesame_core::validate::ValidationError;
+use sesame_queue::QueueError;
+use sesame_storage::StorageError;
+use tonic::{Code, Status};
+
+/// Every way an RPC can fail, mapped once to a gRPC status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// Malformed or out-of-range input: `INVALID_ARGUMENT`.
+    Invalid(String),
+    /// Missing or wrong credential: `UNAUTHENTICATED`.
+    Unauthenticated(String),
+    /// Authenticated but not allowed (revoked device, wrong number): `PERMISSION_DENIED`.
+    PermissionDenied(String),
+    /// Unknown, or belongs to someone else: `NOT_FOUND` (never reveals which).
+    NotFound(&'static str),
+    /// The object's state forbids it (expired, already answered): `FAILED_PRECONDITION`.
+    FailedPrecondition(String),
+    /// Already exists / single-use item already used: `ALREADY_EXISTS`.
+    AlreadyExists(String),
+    /// A limit of the caller's: `RESOURCE_EXHAUSTED`.
+    ResourceExhausted(String),
+    /// Overloaded or a dependency is down, retry later: `UNAVAILABLE`.
+    Unavailable(String),
+    /// Our bug or a corrupt record: `INTERNAL`, details only in the log.
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(field: &str, message: impl std::fmt::Display) -> Self {
+        ApiError::Invalid(format!("{field}: {message}"))
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        ApiError::Invalid(e.to_string())
+    }
+}
+
+impl From<IdError> for ApiError {
+    fn from(e: IdError) -> Self {
+        ApiError::Invalid(e.to_string())
+    }
+}
+
+impl From<TransitionError> for ApiError {
+    fn from(e: TransitionError) -> Self {
+        ApiError::FailedPrecondition(format!("{e}: it can no longer be answered or cancelled"))
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::NotFound(what) => ApiError::NotFound(what),
+            StorageError::Transition(t) => t.into(),
+            StorageError::Conflict(m) => ApiError::FailedPrecondition(m),
+            StorageError::LimitExceeded(m) => ApiError::ResourceExhausted(m),
+            StorageError::Unavailable(m) => ApiError::Unavailable(m),
+            e @ (StorageError::Backend(_) | StorageError::Corrupt { .. }) => {
+                ApiError::Internal(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::Full(what) => ApiError::Unavailable(format!(
+                "the {what} queue is full; retry in a moment"
+            )),
+            QueueError::Closed => ApiError::Unavailable("the server is shutting down".into()),
+            QueueError::Backend(m) => ApiError::Unavailable(format!("queue unavailable: {m}")),
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::Invalid(m) => Status::new(Code::InvalidArgument, m),
+            ApiError::Unauthenticated(m) => Status::new(Code::Unauthenticated, m),
+            ApiError::PermissionDenied(m) => Status::new(Code::PermissionDenied, m),
+            ApiError::NotFound(what) => Status::new(Code::NotFound, format!("{what} not found")),
+            ApiError::FailedPrecondition(m) => Status::new(Code::FailedPrecondition, m),
+            ApiError::AlreadyExists(m) => Status::new(Code::AlreadyExists, m),
+            ApiError::ResourceExhausted(m) => Status::new(Code::ResourceExhausted, m),
+            ApiError::Unavailable(m) => Status::new(Code::Unavailable, m),
+            ApiError::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                Status::new(Code::Internal, "internal error; it has been logged")
+            }
+        }
+    }
+}

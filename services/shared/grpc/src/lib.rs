@@ -1,0 +1,9 @@
+//! What every gRPC role shares: conversions between the wire types of
+//! `sesame-proto` and the domain types of `sesame-core` (validating enums on
+//! the way in), and [`ApiError`], the single place where failures become a
+//! `tonic::Status` with a message a person can act on.
+
+pub mod convert;
+mod error;
+
+pub use error::ApiError;

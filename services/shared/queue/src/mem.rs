@@ -1,0 +1,171 @@
+//! The in-process queue: a bounded multi-consumer channel for push jobs and a
+//! broadcast channel for events. Nothing here survives a restart: a push
+//! job lost in a crash is covered by the device's polling fallback
+//! (`ListPendingChallenges`), since the challenge itself is durable.
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use crate::{
+    Event, EventError, EventSubscriber, PushConsumer, PushDelivery, PushJob, Queue, QueueError,
+};
+
+#[derive(Debug, Clone)]
+pub struct MemQueueConfig {
+    /// Push jobs that may wait for a dispatcher.
+    pub push_capacity: usize,
+    /// Events a slow subscriber may fall behind before it lags.
+    pub event_capacity: usize,
+}
+
+impl Default for MemQueueConfig {
+    fn default() -> Self {
+        MemQueueConfig {
+            push_capacity: 100_000,
+            event_capacity: 16_384,
+        }
+    }
+}
+
+pub struct MemQueue {
+    push_tx: async_channel::Sender<PushJob>,
+    push_rx: async_channel::Receiver<PushJob>,
+    events: broadcast::Sender<Event>,
+}
+
+impl MemQueue {
+    pub fn new(config: MemQueueConfig) -> Self {
+        let (push_tx, push_rx) = async_channel::bounded(config.push_capacity.max(1));
+        let (events, _) = broadcast::channel(config.event_capacity.max(1));
+        MemQueue {
+            push_tx,
+            push_rx,
+            events,
+        }
+    }
+
+    /// Jobs waiting for a dispatcher.
+    pub fn push_backlog(&self) -> usize {
+        self.push_tx.len()
+    }
+}
+
+struct MemConsumer(async_channel::Receiver<PushJob>);
+
+#[async_trait]
+impl PushConsumer for MemConsumer {
+    async fn next(&mut self) -> Option<PushDelivery> {
+        self.0.recv().await.ok().map(|job| PushDelivery::new(job, None))
+    }
+}
+
+struct MemSubscriber(broadcast::Receiver<Event>);
+
+#[async_trait]
+impl EventSubscriber for MemSubscriber {
+    async fn next(&mut self) -> Result<Event, EventError> {
+        match self.0.recv().await {
+            Ok(e) => Ok(e),
+            Err(broadcast::error::RecvError::Lagged(n)) => Err(EventError::Lagged(n)),
+            Err(broadcast::error::RecvError::Closed) => Err(EventError::Closed),
+        }
+    }
+}
+
+#[async_trait]
+impl Queue for MemQueue {
+    fn name(&self) -> &'static str {
+        "mem"
+    }
+
+    fn publish_pushes(&self, jobs: Vec<PushJob>) -> Result<(), QueueError> {
+        if self.push_tx.is_closed() {
+            return Err(QueueError::Closed);
+        }
+        // Check room for all first, so a challenge's pushes go out together
+        // or not at all. Concurrent publishers may still race past the check
+        // by a few jobs; the channel's bound then refuses the excess.
+        let cap = self.push_tx.capacity().unwrap_or(usize::MAX);
+        if self.push_tx.len() + jobs.len() > cap {
+            return Err(QueueError::Full("push jobs"));
+        }
+        for job in jobs {
+            self.push_tx.try_send(job).map_err(|e| match e {
+                async_channel::TrySendError::Full(_) => QueueError::Full("push jobs"),
+                async_channel::TrySendError::Closed(_) => QueueError::Closed,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn publish_event(&self, event: Event) -> Result<(), QueueError> {
+        // No subscriber is not an error: nobody is watching.
+        let _ = self.events.send(event);
+        Ok(())
+    }
+
+    async fn push_consumer(&self) -> Result<Box<dyn PushConsumer>, QueueError> {
+        Ok(Box::new(MemConsumer(self.push_rx.clone())))
+    }
+
+    async fn subscribe_events(&self) -> Result<Box<dyn EventSubscriber>, QueueError> {
+        Ok(Box::new(MemSubscriber(self.events.subscribe())))
+    }
+
+    fn close(&self) {
+        self.push_tx.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sesame_core::model::Platform;
+    use sesame_core::{ChallengeId, DeviceId, TenantId};
+
+    fn job() -> PushJob {
+        PushJob {
+            tenant_id: TenantId::parse("t").unwrap(),
+            device_id: DeviceId::generate(),
+            challenge_id: ChallengeId::generate(),
+            platform: Platform::Android,
+            push_token: "x".into(),
+            expires_at: 0,
+            enqueued_at: 0,
+            attempt: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn full_queue_fails_fast_all_or_nothing() {
+        let q = MemQueue::new(MemQueueConfig {
+            push_capacity: 3,
+            event_capacity: 4,
+        });
+        q.publish_pushes(vec![job(), job()]).unwrap();
+        assert_eq!(
+            q.publish_pushes(vec![job(), job()]),
+            Err(QueueError::Full("push jobs"))
+        );
+        assert_eq!(q.push_backlog(), 2);
+        let mut c = q.push_consumer().await.unwrap();
+        assert!(c.next().await.is_some());
+        q.close();
+        assert!(c.next().await.is_some());
+        assert!(c.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn events_reach_every_subscriber() {
+        let q = MemQueue::new(MemQueueConfig::default());
+        let mut a = q.subscribe_events().await.unwrap();
+        let mut b = q.subscribe_events().await.unwrap();
+        let e = Event::PushTokenDead {
+            device_id: DeviceId::generate(),
+            push_token: "t".into(),
+        };
+        q.publish_event(e.clone()).unwrap();
+        assert_eq!(a.next().await, Ok(e.clone()));
+        assert_eq!(b.next().await, Ok(e));
+    }
+}

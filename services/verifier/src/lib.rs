@@ -1,0 +1,20 @@
+//! The `verifier` role: the API the authenticator app calls.
+//!
+//! Every call is authenticated by the device key: enrollment by a proof of
+//! possession over the one-time token, `Respond` by the signed canonical
+//! answer, and the other calls by a [`DeviceAuth`](sesame_proto::device::v1::DeviceAuth)
+//! signature whose nonce is accepted once ([`ReplayGuard`]). Verdicts are
+//! written with an atomic compare-and-set (first valid answer wins) and
+//! announced on the queue so every `challenge` replica's watch streams see them.
+
+mod device_api;
+mod replay;
+
+pub use device_api::DeviceApi;
+pub use replay::ReplayGuard;
+
+/// Enrollment tokens are looked up by SHA-256, as the challenge role stores them.
+pub fn enrollment_token_hash(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
