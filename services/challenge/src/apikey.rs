@@ -12,8 +12,8 @@ const PREFIX: &str = "sk_";
 /// A new key: the plaintext (shown once) and the record to store.
 pub fn generate(tenant: &TenantId, now: UnixMillis) -> (String, ApiKeyRecord) {
     let key_id = hex::encode(sesame_core::ids::random_bytes::<8>());
-    let secret =
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sesame_core::ids::random_bytes::<32>());
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sesame_core::ids::random_bytes::<32>());
     let record = ApiKeyRecord {
         key_id: key_id.clone(),
         tenant_id: tenant.clone(),

@@ -46,9 +46,9 @@ impl TenantAuth {
             })?
             .to_str()
             .map_err(|_| ApiError::Unauthenticated("authorization header is not ASCII".into()))?;
-        let key = header
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| ApiError::Unauthenticated("authorization must be `Bearer <key>`".into()))?;
+        let key = header.strip_prefix("Bearer ").ok_or_else(|| {
+            ApiError::Unauthenticated("authorization must be `Bearer <key>`".into())
+        })?;
         let bad = || ApiError::Unauthenticated("invalid API key".into());
         let (key_id, presented) = apikey::parse(key.trim()).ok_or_else(bad)?;
 
@@ -79,7 +79,11 @@ impl TenantAuth {
         }
         self.cache.insert(
             key_id.to_owned(),
-            (record.secret_sha256, record.tenant_id.clone(), Instant::now()),
+            (
+                record.secret_sha256,
+                record.tenant_id.clone(),
+                Instant::now(),
+            ),
         );
         Ok(record.tenant_id)
     }

@@ -4,7 +4,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sesame_core::limits::{DEFAULT_CHALLENGE_TTL_SECS, MAX_CHALLENGE_TTL_SECS, MIN_CHALLENGE_TTL_SECS};
+use sesame_core::limits::{
+    DEFAULT_CHALLENGE_TTL_SECS, MAX_CHALLENGE_TTL_SECS, MIN_CHALLENGE_TTL_SECS,
+};
 use sesame_core::model::{Challenge, ChallengeStatus, Outcome, Resolution};
 use sesame_core::time::now_ms;
 use sesame_core::{number_match, payload, validate, ChallengeId, TenantId};

@@ -67,7 +67,10 @@ pub async fn run_event_loop(queue: Arc<dyn Queue>, storage: Arc<dyn Storage>, hu
             },
             // Missed events: every watcher re-reads its challenge.
             Err(EventError::Lagged(n)) => {
-                tracing::warn!(missed = n, "event subscriber lagged; refreshing all watchers");
+                tracing::warn!(
+                    missed = n,
+                    "event subscriber lagged; refreshing all watchers"
+                );
                 hub.notify_all();
             }
             Err(EventError::Closed) => return,

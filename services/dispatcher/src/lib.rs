@@ -56,7 +56,10 @@ impl DispatchStats {
     pub fn snapshot(&self) -> [(&'static str, u64); 5] {
         [
             ("delivered", self.delivered.load(Ordering::Relaxed)),
-            ("expired_dropped", self.expired_dropped.load(Ordering::Relaxed)),
+            (
+                "expired_dropped",
+                self.expired_dropped.load(Ordering::Relaxed),
+            ),
             ("dead_token", self.dead_tokens.load(Ordering::Relaxed)),
             ("retried", self.retried.load(Ordering::Relaxed)),
             ("failed", self.failed.load(Ordering::Relaxed)),
@@ -73,7 +76,11 @@ pub struct Dispatcher {
 
 /// Delay before retry number `attempt` (1-based): `Retry-After` when the
 /// provider gave one, else full-jitter exponential backoff.
-pub fn retry_delay(config: &DispatcherConfig, attempt: u32, retry_after: Option<Duration>) -> Duration {
+pub fn retry_delay(
+    config: &DispatcherConfig,
+    attempt: u32,
+    retry_after: Option<Duration>,
+) -> Duration {
     if let Some(d) = retry_after {
         return d.min(config.max_backoff);
     }
@@ -86,7 +93,11 @@ pub fn retry_delay(config: &DispatcherConfig, attempt: u32, retry_after: Option<
 }
 
 impl Dispatcher {
-    pub fn new(queue: Arc<dyn Queue>, provider: Arc<dyn PushProvider>, config: DispatcherConfig) -> Self {
+    pub fn new(
+        queue: Arc<dyn Queue>,
+        provider: Arc<dyn PushProvider>,
+        config: DispatcherConfig,
+    ) -> Self {
         Dispatcher {
             queue,
             provider,
@@ -189,7 +200,11 @@ mod tests {
         }
         async fn send(&self, _job: &PushJob, _now: i64) -> PushOutcome {
             self.1.fetch_add(1, Ordering::Relaxed);
-            self.0.lock().unwrap().pop().unwrap_or(PushOutcome::Delivered)
+            self.0
+                .lock()
+                .unwrap()
+                .pop()
+                .unwrap_or(PushOutcome::Delivered)
         }
     }
 
@@ -206,7 +221,10 @@ mod tests {
         }
     }
 
-    async fn run_with(outcomes: Vec<PushOutcome>, jobs: Vec<PushJob>) -> (Arc<DispatchStats>, u64, Vec<Event>) {
+    async fn run_with(
+        outcomes: Vec<PushOutcome>,
+        jobs: Vec<PushJob>,
+    ) -> (Arc<DispatchStats>, u64, Vec<Event>) {
         let queue = Arc::new(MemQueue::new(MemQueueConfig::default()));
         let mut events = queue.subscribe_events().await.unwrap();
         let provider = Arc::new(Scripted(Mutex::new(outcomes), AtomicU64::new(0)));
@@ -236,7 +254,10 @@ mod tests {
 
     #[tokio::test]
     async fn retries_then_delivers() {
-        let retry = PushOutcome::Retry { after: Some(Duration::from_millis(1)), reason: "503".into() };
+        let retry = PushOutcome::Retry {
+            after: Some(Duration::from_millis(1)),
+            reason: "503".into(),
+        };
         let (stats, sends, _) = run_with(vec![retry.clone(), retry], vec![job(60_000)]).await;
         assert_eq!(sends, 3);
         assert_eq!(stats.retried.load(Ordering::Relaxed), 2);
@@ -245,7 +266,10 @@ mod tests {
 
     #[tokio::test]
     async fn gives_up_after_max_attempts() {
-        let retry = PushOutcome::Retry { after: None, reason: "503".into() };
+        let retry = PushOutcome::Retry {
+            after: None,
+            reason: "503".into(),
+        };
         let (stats, sends, _) = run_with(vec![retry; 10], vec![job(60_000)]).await;
         assert_eq!(sends, 5);
         assert_eq!(stats.failed.load(Ordering::Relaxed), 1);
@@ -258,15 +282,24 @@ mod tests {
         assert_eq!(stats.dead_tokens.load(Ordering::Relaxed), 1);
         assert_eq!(
             events,
-            vec![Event::PushTokenDead { device_id: j.device_id, push_token: j.push_token }]
+            vec![Event::PushTokenDead {
+                device_id: j.device_id,
+                push_token: j.push_token
+            }]
         );
     }
 
     #[test]
     fn backoff_is_capped_and_honours_retry_after() {
         let c = DispatcherConfig::default();
-        assert_eq!(retry_delay(&c, 3, Some(Duration::from_secs(2))), Duration::from_secs(2));
-        assert_eq!(retry_delay(&c, 1, Some(Duration::from_secs(99))), c.max_backoff);
+        assert_eq!(
+            retry_delay(&c, 3, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            retry_delay(&c, 1, Some(Duration::from_secs(99))),
+            c.max_backoff
+        );
         for a in 1..30 {
             assert!(retry_delay(&c, a, None) <= c.max_backoff);
         }

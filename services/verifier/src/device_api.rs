@@ -128,7 +128,10 @@ impl DeviceApi {
             &auth.nonce,
             args,
         );
-        if Self::device_key(&device)?.verify(&message, &auth.signature).is_err() {
+        if Self::device_key(&device)?
+            .verify(&message, &auth.signature)
+            .is_err()
+        {
             return Err(ApiError::Unauthenticated(
                 "request signature does not verify with this device's key".into(),
             ));
@@ -160,7 +163,11 @@ impl DeviceApi {
 
     /// The challenge if this device may see it; `NOT_FOUND` otherwise
     /// (another tenant's, another user's, or sent before this device enrolled).
-    async fn challenge_for(&self, device: &Device, id: &ChallengeId) -> Result<Challenge, ApiError> {
+    async fn challenge_for(
+        &self,
+        device: &Device,
+        id: &ChallengeId,
+    ) -> Result<Challenge, ApiError> {
         match self.storage.get_challenge(id).await? {
             Some(c) if c.tenant_id == device.tenant_id && c.devices.contains(&device.id) => Ok(c),
             _ => Err(ApiError::NotFound("challenge")),
@@ -175,7 +182,10 @@ impl DeviceApi {
             return Err(ApiError::invalid("enrollment_token", "is required"));
         }
         if req.enrollment_token.len() > 128 {
-            return Err(ApiError::invalid("enrollment_token", "is too long to be a token"));
+            return Err(ApiError::invalid(
+                "enrollment_token",
+                "is too long to be a token",
+            ));
         }
         let alg = convert::key_algorithm_in(req.key_algorithm)?;
         let platform = convert::platform_in(req.platform)?;
@@ -186,12 +196,16 @@ impl DeviceApi {
         signature_field("proof", &req.proof)?;
 
         let token_hash = crate::enrollment_token_hash(&req.enrollment_token);
-        let ticket = self.storage.get_enrollment(&token_hash).await?.ok_or_else(|| {
-            ApiError::FailedPrecondition(
+        let ticket = self
+            .storage
+            .get_enrollment(&token_hash)
+            .await?
+            .ok_or_else(|| {
+                ApiError::FailedPrecondition(
                 "enrollment token is unknown or was already used: ask the service for a new QR code"
                     .into(),
             )
-        })?;
+            })?;
         let now = now_ms();
         if now >= ticket.expires_at {
             return Err(ApiError::FailedPrecondition(
@@ -242,15 +256,24 @@ impl DeviceApi {
         })
     }
 
-    async fn respond_inner(&self, req: pb::RespondRequest) -> Result<pb::RespondResponse, ApiError> {
+    async fn respond_inner(
+        &self,
+        req: pb::RespondRequest,
+    ) -> Result<pb::RespondResponse, ApiError> {
         let device_id = DeviceId::parse(&req.device_id)?;
         let challenge_id = ChallengeId::parse(&req.challenge_id)?;
         let decision = convert::decision_in(req.decision)?;
         if req.number_match_answer.len() > 16 {
-            return Err(ApiError::invalid("number_match_answer", "is at most 16 characters"));
+            return Err(ApiError::invalid(
+                "number_match_answer",
+                "is at most 16 characters",
+            ));
         }
         if req.context_hash.len() != 32 {
-            return Err(ApiError::invalid("context_hash", "must be the 32-byte SHA-256 from ChallengeDetails"));
+            return Err(ApiError::invalid(
+                "context_hash",
+                "must be the 32-byte SHA-256 from ChallengeDetails",
+            ));
         }
         signature_field("signature", &req.signature)?;
         let now = now_ms();
@@ -292,7 +315,12 @@ impl DeviceApi {
         challenge.check_transition(now)?;
 
         let outcome = match decision {
-            Decision::Approve if number_match::answer_matches(&challenge.number_match, &req.number_match_answer) => {
+            Decision::Approve
+                if number_match::answer_matches(
+                    &challenge.number_match,
+                    &req.number_match_answer,
+                ) =>
+            {
                 Outcome::Approved
             }
             // A wrong number is a signed user action, not a typo to retry:
@@ -398,7 +426,8 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         &self,
         request: Request<pb::RespondRequest>,
     ) -> Result<Response<pb::RespondResponse>, Status> {
-        Ok(Response::new(self.respond_inner(request.into_inner()).await?))
+        Ok(Response::new(
+            self.respond_inner(request.into_inner()).await?,
+        ))
     }
 }
-

@@ -56,8 +56,9 @@ impl PublicKey {
         match alg {
             KeyAlgorithm::EcdsaP256Sha256 => {
                 let key = if bytes[0] == 0x30 {
-                    p256::ecdsa::VerifyingKey::from_public_key_der(bytes)
-                        .map_err(|_| CryptoError::BadPublicKey("not a P-256 DER SubjectPublicKeyInfo"))?
+                    p256::ecdsa::VerifyingKey::from_public_key_der(bytes).map_err(|_| {
+                        CryptoError::BadPublicKey("not a P-256 DER SubjectPublicKeyInfo")
+                    })?
                 } else {
                     p256::ecdsa::VerifyingKey::from_sec1_bytes(bytes).map_err(|_| {
                         CryptoError::BadPublicKey("not a SEC1 P-256 point on the curve")
@@ -95,14 +96,16 @@ impl PublicKey {
                 } else {
                     p256::ecdsa::Signature::from_der(signature)
                 }
-                .map_err(|_| CryptoError::MalformedSignature("not a DER or r||s ECDSA signature"))?;
+                .map_err(|_| {
+                    CryptoError::MalformedSignature("not a DER or r||s ECDSA signature")
+                })?;
                 key.verify(message, &sig)
                     .map_err(|_| CryptoError::BadSignature)
             }
             PublicKey::Ed25519(key) => {
-                let arr: [u8; 64] = signature
-                    .try_into()
-                    .map_err(|_| CryptoError::MalformedSignature("Ed25519 signatures are 64 bytes"))?;
+                let arr: [u8; 64] = signature.try_into().map_err(|_| {
+                    CryptoError::MalformedSignature("Ed25519 signatures are 64 bytes")
+                })?;
                 let sig = ed25519_dalek::Signature::from_bytes(&arr);
                 key.verify_strict(message, &sig)
                     .map_err(|_| CryptoError::BadSignature)
@@ -154,7 +157,9 @@ impl SigningKey {
                 let arr: [u8; 32] = bytes
                     .try_into()
                     .map_err(|_| CryptoError::BadPublicKey("Ed25519 secrets are 32 bytes"))?;
-                Ok(SigningKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(&arr)))
+                Ok(SigningKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(
+                    &arr,
+                )))
             }
         }
     }
@@ -163,7 +168,11 @@ impl SigningKey {
     /// exports it), raw 32 bytes for Ed25519.
     pub fn public_key_bytes(&self) -> Vec<u8> {
         match self {
-            SigningKey::P256(k) => k.verifying_key().to_encoded_point(false).as_bytes().to_vec(),
+            SigningKey::P256(k) => k
+                .verifying_key()
+                .to_encoded_point(false)
+                .as_bytes()
+                .to_vec(),
             SigningKey::Ed25519(k) => k.verifying_key().to_bytes().to_vec(),
         }
     }

@@ -87,8 +87,7 @@ impl TenantId {
             return Err(IdError::Empty { kind: "tenant_id" });
         }
         let ok = s.len() <= 64
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !ok {
             return Err(IdError::Malformed {

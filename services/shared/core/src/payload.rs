@@ -6,8 +6,8 @@
 use sha2::{Digest, Sha256};
 
 use crate::canonical::Canonical;
-use crate::model::{Action, ChallengeContext, Decision, Platform};
 use crate::crypto::KeyAlgorithm;
+use crate::model::{Action, ChallengeContext, Decision, Platform};
 use crate::time::UnixMillis;
 
 pub const CONTEXT_DOMAIN: &str = "sesame.context.v1";

@@ -37,7 +37,10 @@ fn text(
         ));
     }
     if value.chars().any(char::is_control) {
-        return Err(ValidationError::new(field, "must not contain control characters"));
+        return Err(ValidationError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -65,9 +68,7 @@ fn amount(v: &str) -> Result<(), ValidationError> {
         None => (v, None),
     };
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let ok = digits(int)
-        && int.len() <= 15
-        && frac.is_none_or(|f| digits(f) && f.len() <= 4);
+    let ok = digits(int) && int.len() <= 15 && frac.is_none_or(|f| digits(f) && f.len() <= 4);
     if ok {
         Ok(())
     } else {
@@ -79,7 +80,12 @@ fn amount(v: &str) -> Result<(), ValidationError> {
 }
 
 pub fn context(ctx: &ChallengeContext) -> Result<(), ValidationError> {
-    text("context.client_name", &ctx.client_name, MAX_CLIENT_NAME_LEN, true)?;
+    text(
+        "context.client_name",
+        &ctx.client_name,
+        MAX_CLIENT_NAME_LEN,
+        true,
+    )?;
     text("context.ip_address", &ctx.ip_address, MAX_IP_LEN, false)?;
     if !ctx.ip_address.is_empty() && ctx.ip_address.parse::<std::net::IpAddr>().is_err() {
         return Err(ValidationError::new(
@@ -138,7 +144,16 @@ mod tests {
         for ok in ["1", "125.50", "0.0001", "999999999999999"] {
             assert!(amount(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "1.", ".5", "1.23456", "-1", "1e5", "1,00", "1234567890123456"] {
+        for bad in [
+            "",
+            "1.",
+            ".5",
+            "1.23456",
+            "-1",
+            "1e5",
+            "1,00",
+            "1234567890123456",
+        ] {
             assert!(amount(bad).is_err(), "{bad}");
         }
     }

@@ -74,7 +74,9 @@ pub fn decision_in(v: i32) -> Result<m::Decision, ApiError> {
         Ok(pb::Decision::DenyFraud) => Ok(m::Decision::DenyFraud),
         _ => Err(ApiError::invalid(
             "decision",
-            format!("{v} is not a decision; use DECISION_APPROVE, DECISION_DENY or DECISION_DENY_FRAUD"),
+            format!(
+                "{v} is not a decision; use DECISION_APPROVE, DECISION_DENY or DECISION_DENY_FRAUD"
+            ),
         )),
     }
 }
@@ -126,7 +128,10 @@ pub fn context_in(ctx: Option<pb::ChallengeContext>) -> Result<m::ChallengeConte
         _ => {
             return Err(ApiError::invalid(
                 "context.action",
-                format!("{} is not an action; use ACTION_LOGIN or ACTION_TRANSACTION", ctx.action),
+                format!(
+                    "{} is not an action; use ACTION_LOGIN or ACTION_TRANSACTION",
+                    ctx.action
+                ),
             ))
         }
     };

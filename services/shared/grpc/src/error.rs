@@ -70,9 +70,9 @@ impl From<StorageError> for ApiError {
 impl From<QueueError> for ApiError {
     fn from(e: QueueError) -> Self {
         match e {
-            QueueError::Full(what) => ApiError::Unavailable(format!(
-                "the {what} queue is full; retry in a moment"
-            )),
+            QueueError::Full(what) => {
+                ApiError::Unavailable(format!("the {what} queue is full; retry in a moment"))
+            }
             QueueError::Closed => ApiError::Unavailable("the server is shutting down".into()),
             QueueError::Backend(m) => ApiError::Unavailable(format!("queue unavailable: {m}")),
         }

@@ -55,7 +55,11 @@ struct MemConsumer(async_channel::Receiver<PushJob>);
 #[async_trait]
 impl PushConsumer for MemConsumer {
     async fn next(&mut self) -> Option<PushDelivery> {
-        self.0.recv().await.ok().map(|job| PushDelivery::new(job, None))
+        self.0
+            .recv()
+            .await
+            .ok()
+            .map(|job| PushDelivery::new(job, None))
     }
 }
 

@@ -24,14 +24,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use redb::{
-    Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle, WriteTransaction,
+    Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+    WriteTransaction,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sesame_core::time::UnixMillis;
 use sesame_core::{
-    ApiKeyRecord, Challenge, ChallengeId, Device, DeviceId, EnrollmentTicket, Resolution,
-    Tenant, TenantId,
+    ApiKeyRecord, Challenge, ChallengeId, Device, DeviceId, EnrollmentTicket, Resolution, Tenant,
+    TenantId,
 };
 
 use crate::{Created, Result, Storage, StorageError};
@@ -322,7 +323,8 @@ impl Storage for EmbeddedStorage {
 
     async fn create_enrollment(&self, ticket: &EnrollmentTicket) -> Result<()> {
         let (k, v) = (ticket.token_sha256.to_vec(), encode(ticket)?);
-        self.write(move |txn| put_in(txn, ENROLLMENTS, &k, &v)).await
+        self.write(move |txn| put_in(txn, ENROLLMENTS, &k, &v))
+            .await
     }
 
     async fn get_enrollment(&self, token_sha256: &[u8; 32]) -> Result<Option<EnrollmentTicket>> {
@@ -381,7 +383,11 @@ impl Storage for EmbeddedStorage {
             put_in(
                 txn,
                 USER_DEVICES,
-                &key3(device.tenant_id.as_str(), &device.user_id, device.id.as_str()),
+                &key3(
+                    device.tenant_id.as_str(),
+                    &device.user_id,
+                    device.id.as_str(),
+                ),
                 &[],
             )
         })
@@ -442,7 +448,8 @@ impl Storage for EmbeddedStorage {
         let (id, token) = (id.clone(), push_token.to_owned());
         self.write(move |txn| {
             let key = id.as_str().as_bytes();
-            let mut d: Device = get_in(txn, DEVICES, key)?.ok_or(StorageError::NotFound("device"))?;
+            let mut d: Device =
+                get_in(txn, DEVICES, key)?.ok_or(StorageError::NotFound("device"))?;
             if !d.is_active() {
                 return Err(StorageError::Conflict("device is revoked".into()));
             }
@@ -521,7 +528,10 @@ impl Storage for EmbeddedStorage {
         let idx = txn.open_table(DEVICE_PENDING).map_err(backend)?;
         let challenges = txn.open_table(CHALLENGES).map_err(backend)?;
         let mut out = Vec::new();
-        for entry in idx.range(start.as_slice()..end.as_slice()).map_err(backend)? {
+        for entry in idx
+            .range(start.as_slice()..end.as_slice())
+            .map_err(backend)?
+        {
             let (k, _) = entry.map_err(backend)?;
             if let Some(g) = challenges.get(&k.value()[start.len()..]).map_err(backend)? {
                 let c: Challenge = decode("challenges", g.value())?;

@@ -21,8 +21,5 @@ pub enum StorageError {
     Backend(String),
     /// A stored record could not be decoded.
     #[error("corrupt record in {table}: {message}")]
-    Corrupt {
-        table: String,
-        message: String,
-    },
+    Corrupt { table: String, message: String },
 }

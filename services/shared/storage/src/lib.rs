@@ -20,8 +20,8 @@ pub mod testsuite;
 use async_trait::async_trait;
 use sesame_core::time::UnixMillis;
 use sesame_core::{
-    ApiKeyRecord, Challenge, ChallengeId, Device, DeviceId, EnrollmentTicket, Resolution,
-    Tenant, TenantId,
+    ApiKeyRecord, Challenge, ChallengeId, Device, DeviceId, EnrollmentTicket, Resolution, Tenant,
+    TenantId,
 };
 
 pub use embedded::{EmbeddedConfig, EmbeddedStorage};
@@ -69,8 +69,12 @@ pub trait Storage: Send + Sync + 'static {
     /// All devices of one user of one tenant, oldest first.
     async fn list_devices(&self, tenant: &TenantId, user_id: &str) -> Result<Vec<Device>>;
     /// Marks a device revoked (idempotent). `NotFound` if it is not the tenant's.
-    async fn revoke_device(&self, tenant: &TenantId, id: &DeviceId, now: UnixMillis)
-        -> Result<Device>;
+    async fn revoke_device(
+        &self,
+        tenant: &TenantId,
+        id: &DeviceId,
+        now: UnixMillis,
+    ) -> Result<Device>;
     /// Replaces the push token and re-enables push. `Conflict` if revoked.
     async fn update_push_token(&self, id: &DeviceId, push_token: &str) -> Result<Device>;
     /// Disables push for a device whose token the provider reported dead, but
@@ -84,8 +88,11 @@ pub trait Storage: Send + Sync + 'static {
     async fn get_challenge(&self, id: &ChallengeId) -> Result<Option<Challenge>>;
     /// Challenges that list this device and are still pending at `now`,
     /// oldest first.
-    async fn pending_challenges(&self, device: &DeviceId, now: UnixMillis)
-        -> Result<Vec<Challenge>>;
+    async fn pending_challenges(
+        &self,
+        device: &DeviceId,
+        now: UnixMillis,
+    ) -> Result<Vec<Challenge>>;
     /// The one final transition, atomic: applied only if the challenge is
     /// still pending at `now` (first answer wins). Returns the resolved
     /// challenge, or `Transition` saying what it already is.
@@ -98,6 +105,5 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Deletes enrollment tickets expired before `now` and challenges that
     /// expired before `challenges_before`. Returns how many records went.
-    async fn purge_expired(&self, now: UnixMillis, challenges_before: UnixMillis)
-        -> Result<usize>;
+    async fn purge_expired(&self, now: UnixMillis, challenges_before: UnixMillis) -> Result<usize>;
 }

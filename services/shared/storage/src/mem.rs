@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use sesame_core::time::UnixMillis;
 use sesame_core::{
-    ApiKeyRecord, Challenge, ChallengeId, Device, DeviceId, EnrollmentTicket, Resolution,
-    Tenant, TenantId,
+    ApiKeyRecord, Challenge, ChallengeId, Device, DeviceId, EnrollmentTicket, Resolution, Tenant,
+    TenantId,
 };
 
 use crate::{Created, Result, Storage, StorageError};
@@ -52,7 +52,9 @@ impl Storage for MemStorage {
     }
 
     async fn put_tenant(&self, tenant: &Tenant) -> Result<()> {
-        self.lock()?.tenants.insert(tenant.id.clone(), tenant.clone());
+        self.lock()?
+            .tenants
+            .insert(tenant.id.clone(), tenant.clone());
         Ok(())
     }
 
@@ -61,7 +63,9 @@ impl Storage for MemStorage {
     }
 
     async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
-        self.lock()?.api_keys.insert(key.key_id.clone(), key.clone());
+        self.lock()?
+            .api_keys
+            .insert(key.key_id.clone(), key.clone());
         Ok(())
     }
 
@@ -145,7 +149,10 @@ impl Storage for MemStorage {
 
     async fn update_push_token(&self, id: &DeviceId, push_token: &str) -> Result<Device> {
         let mut g = self.lock()?;
-        let d = g.devices.get_mut(id).ok_or(StorageError::NotFound("device"))?;
+        let d = g
+            .devices
+            .get_mut(id)
+            .ok_or(StorageError::NotFound("device"))?;
         if !d.is_active() {
             return Err(StorageError::Conflict("device is revoked".into()));
         }
@@ -217,7 +224,8 @@ impl Storage for MemStorage {
         let mut g = self.lock()?;
         let before = g.enrollments.len() + g.challenges.len();
         g.enrollments.retain(|_, t| t.expires_at > now);
-        g.challenges.retain(|_, c| c.expires_at >= challenges_before);
+        g.challenges
+            .retain(|_, c| c.expires_at >= challenges_before);
         let Inner {
             idempotency,
             challenges,

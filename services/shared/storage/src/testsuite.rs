@@ -86,7 +86,9 @@ async fn enroll(s: &Store, d: &Device) {
     })
     .await
     .expect("create enrollment");
-    s.complete_enrollment(&token, d, 16).await.expect("complete enrollment");
+    s.complete_enrollment(&token, d, 16)
+        .await
+        .expect("complete enrollment");
 }
 
 pub async fn tenants_and_keys(s: Store) {
@@ -131,7 +133,11 @@ pub async fn enrollment_token_is_single_use(s: Store) {
         s.complete_enrollment(&token, &d2, 16).await,
         Err(StorageError::Conflict(_))
     ));
-    assert_eq!(s.get_device(&d2.id).await.unwrap(), None, "nothing stored on refusal");
+    assert_eq!(
+        s.get_device(&d2.id).await.unwrap(),
+        None,
+        "nothing stored on refusal"
+    );
     assert_eq!(s.get_enrollment(&token).await.unwrap(), None);
     assert_eq!(s.get_device(&d1.id).await.unwrap(), Some(d1));
 }
@@ -149,12 +155,17 @@ pub async fn device_limit_per_user(s: Store) {
         })
         .await
         .unwrap();
-        let r = s.complete_enrollment(&token, &device(&t, "bob", i), 1).await;
+        let r = s
+            .complete_enrollment(&token, &device(&t, "bob", i), 1)
+            .await;
         if i == 0 {
             r.unwrap();
         } else {
             assert!(matches!(r, Err(StorageError::LimitExceeded(_))), "{r:?}");
-            assert!(s.get_enrollment(&token).await.unwrap().is_some(), "ticket kept");
+            assert!(
+                s.get_enrollment(&token).await.unwrap().is_some(),
+                "ticket kept"
+            );
         }
     }
 }
@@ -219,10 +230,23 @@ pub async fn challenge_roundtrip_and_pending(s: Store) {
     assert_eq!(s.create_challenge(&c).await.unwrap(), Created::New);
     assert_eq!(s.get_challenge(&c.id).await.unwrap(), Some(c.clone()));
     let now = now_ms();
-    assert_eq!(s.pending_challenges(&d1, now).await.unwrap(), vec![c.clone()]);
-    assert_eq!(s.pending_challenges(&d2, now).await.unwrap(), vec![c.clone()]);
-    assert!(s.pending_challenges(&DeviceId::generate(), now).await.unwrap().is_empty());
-    let resolved = s.resolve_challenge(&c.id, &approve(&d1), now).await.unwrap();
+    assert_eq!(
+        s.pending_challenges(&d1, now).await.unwrap(),
+        vec![c.clone()]
+    );
+    assert_eq!(
+        s.pending_challenges(&d2, now).await.unwrap(),
+        vec![c.clone()]
+    );
+    assert!(s
+        .pending_challenges(&DeviceId::generate(), now)
+        .await
+        .unwrap()
+        .is_empty());
+    let resolved = s
+        .resolve_challenge(&c.id, &approve(&d1), now)
+        .await
+        .unwrap();
     assert_eq!(resolved.status(now), ChallengeStatus::Approved);
     assert!(s.pending_challenges(&d2, now).await.unwrap().is_empty());
     assert_eq!(
@@ -242,9 +266,13 @@ pub async fn expired_challenge_cannot_resolve(s: Store) {
         s.resolve_challenge(&c.id, &approve(&d), later).await,
         Err(StorageError::Transition(TransitionError::Expired))
     );
-    assert_eq!(s.get_challenge(&c.id).await.unwrap().unwrap().resolution, None);
     assert_eq!(
-        s.resolve_challenge(&ChallengeId::generate(), &approve(&d), later).await,
+        s.get_challenge(&c.id).await.unwrap().unwrap().resolution,
+        None
+    );
+    assert_eq!(
+        s.resolve_challenge(&ChallengeId::generate(), &approve(&d), later)
+            .await,
         Err(StorageError::NotFound("challenge"))
     );
 }
@@ -286,7 +314,9 @@ pub async fn answer_race_has_one_winner(s: Store) {
                 device_id: Some(d),
                 at: now_ms(),
             };
-            s.resolve_challenge(&id, &res, now_ms()).await.map(|c| c.resolution)
+            s.resolve_challenge(&id, &res, now_ms())
+                .await
+                .map(|c| c.resolution)
         }));
     }
     let mut winners = Vec::new();

@@ -1,0 +1,309 @@
+//! Configuration: defaults, then a TOML file (`--config`), then `SESAME_*`
+//! environment variables (`SESAME_LISTEN`, `SESAME_DISPATCHER__CONCURRENCY`,
+//! ...: upper-case key, `__` between sections). Unknown keys in the file are
+//! errors; environment variables that name no key are ignored, since client
+//! commands share the `SESAME_` prefix.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address (tenant and device APIs, health, reflection).
+    pub listen: String,
+    /// Where the embedded store and the development tenant's key live.
+    pub data_dir: PathBuf,
+    /// `embedded` (durable, default) or `memory` (lost on exit; tests).
+    pub storage: String,
+    /// `memory`: the in-process bounded queue.
+    pub queue: String,
+    /// Roles this process runs: `all`, or any of `challenge`, `verifier`, `dispatcher`.
+    pub roles: Vec<String>,
+    /// Device API URL put into enrollment URIs; empty means `http://<listen>`.
+    pub public_device_url: String,
+    /// fsync every commit of the embedded store.
+    pub durable_writes: bool,
+    /// Create the `dev` tenant and write its API key to `<data_dir>/dev-tenant.key`.
+    pub dev_tenant: bool,
+    /// `text` (development) or `json` (production).
+    pub log_format: String,
+    /// A tracing filter, e.g. `info` or `sesame=debug,info`.
+    pub log_level: String,
+    pub max_devices_per_user: usize,
+    /// Hours a challenge (and its verdict) is kept after it expires.
+    pub challenge_retention_hours: u64,
+    /// `simulator`: the built-in simulated provider.
+    pub push_provider: String,
+    /// Seconds to drain in-flight work on SIGTERM.
+    pub shutdown_grace_seconds: u64,
+    pub dispatcher: DispatcherSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DispatcherSection {
+    pub concurrency: usize,
+    pub max_attempts: u32,
+}
+
+impl Default for DispatcherSection {
+    fn default() -> Self {
+        let d = sesame_dispatcher::DispatcherConfig::default();
+        DispatcherSection {
+            concurrency: d.concurrency,
+            max_attempts: d.max_attempts,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:50051".into(),
+            data_dir: PathBuf::from("sesame-data"),
+            storage: "embedded".into(),
+            queue: "memory".into(),
+            roles: vec!["all".into()],
+            public_device_url: String::new(),
+            durable_writes: true,
+            dev_tenant: true,
+            log_format: "text".into(),
+            log_level: "info".into(),
+            max_devices_per_user: sesame_core::limits::MAX_DEVICES_PER_USER,
+            challenge_retention_hours: 24,
+            push_provider: "simulator".into(),
+            shutdown_grace_seconds: 10,
+            dispatcher: DispatcherSection::default(),
+        }
+    }
+}
+
+/// The roles one process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub challenge: bool,
+    pub verifier: bool,
+    pub dispatcher: bool,
+}
+
+impl Config {
+    /// Loads from an optional file and an environment map.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: &BTreeMap<String, String>,
+    ) -> anyhow::Result<Config> {
+        let mut table = toml::Table::try_from(Config::default())?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+            let file_table: toml::Table = toml::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+            // Strict parse first, for a precise message about unknown keys.
+            let _: Config = toml::Value::Table(file_table.clone())
+                .try_into()
+                .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+            merge(&mut table, file_table);
+        }
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("SESAME_") else {
+                continue;
+            };
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            set_known(&mut table, &path, value)
+                .map_err(|e| anyhow::anyhow!("environment variable {name}: {e}"))?;
+        }
+        let config: Config = toml::Value::Table(table).try_into()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| anyhow::anyhow!("listen = {:?}: {e}", self.listen))?;
+        anyhow::ensure!(
+            matches!(self.storage.as_str(), "embedded" | "memory"),
+            "storage = {:?}: use \"embedded\" or \"memory\"",
+            self.storage
+        );
+        anyhow::ensure!(
+            self.queue == "memory",
+            "queue = {:?}: only \"memory\" (the in-process queue) is available",
+            self.queue
+        );
+        anyhow::ensure!(
+            self.push_provider == "simulator",
+            "push_provider = {:?}: only \"simulator\" is available",
+            self.push_provider
+        );
+        anyhow::ensure!(
+            matches!(self.log_format.as_str(), "text" | "json"),
+            "log_format = {:?}: use \"text\" or \"json\"",
+            self.log_format
+        );
+        anyhow::ensure!(
+            self.max_devices_per_user >= 1,
+            "max_devices_per_user must be at least 1"
+        );
+        anyhow::ensure!(
+            self.dispatcher.concurrency >= 1,
+            "dispatcher.concurrency must be at least 1"
+        );
+        anyhow::ensure!(
+            self.dispatcher.max_attempts >= 1,
+            "dispatcher.max_attempts must be at least 1"
+        );
+        self.roles()?;
+        Ok(())
+    }
+
+    pub fn roles(&self) -> anyhow::Result<Roles> {
+        let mut r = Roles {
+            challenge: false,
+            verifier: false,
+            dispatcher: false,
+        };
+        anyhow::ensure!(!self.roles.is_empty(), "roles is empty: use [\"all\"]");
+        for role in &self.roles {
+            match role.trim() {
+                "all" => {
+                    r.challenge = true;
+                    r.verifier = true;
+                    r.dispatcher = true;
+                }
+                "challenge" => r.challenge = true,
+                "verifier" => r.verifier = true,
+                "dispatcher" => r.dispatcher = true,
+                other => anyhow::bail!(
+                    "unknown role {other:?}: use all, challenge, verifier or dispatcher"
+                ),
+            }
+        }
+        Ok(r)
+    }
+
+    pub fn device_url(&self) -> String {
+        if self.public_device_url.is_empty() {
+            format!("http://{}", self.listen)
+        } else {
+            self.public_device_url.clone()
+        }
+    }
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Sets `path` to `raw` if the key exists, typed like the existing value.
+fn set_known(table: &mut toml::Table, path: &[String], raw: &str) -> anyhow::Result<()> {
+    let Some((last, parents)) = path.split_last() else {
+        return Ok(());
+    };
+    let mut t = table;
+    for p in parents {
+        match t.get_mut(p) {
+            Some(toml::Value::Table(inner)) => t = inner,
+            _ => return Ok(()),
+        }
+    }
+    let Some(current) = t.get(last) else {
+        return Ok(());
+    };
+    let value = match current {
+        toml::Value::String(_) => toml::Value::String(raw.to_owned()),
+        toml::Value::Integer(_) => toml::Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{raw:?} is not an integer"))?,
+        ),
+        toml::Value::Boolean(_) => toml::Value::Boolean(match raw.trim() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            _ => anyhow::bail!("{raw:?} is not a boolean (true/false)"),
+        }),
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',')
+                .map(|s| toml::Value::String(s.trim().to_owned()))
+                .filter(|v| v.as_str() != Some(""))
+                .collect(),
+        ),
+        _ => anyhow::bail!("cannot be set from the environment"),
+    };
+    t.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, &BTreeMap::new()).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.device_url(), "http://127.0.0.1:50051");
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "listen = \"127.0.0.1:6000\"\n[dispatcher]\nconcurrency = 8\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&f),
+            &env(&[
+                ("SESAME_DISPATCHER__CONCURRENCY", "16"),
+                ("SESAME_ROLES", "challenge,verifier"),
+                ("SESAME_API_KEY", "ignored: a client variable"),
+                ("SESAME_DURABLE_WRITES", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:6000");
+        assert_eq!(c.dispatcher.concurrency, 16);
+        assert_eq!(c.roles, vec!["challenge", "verifier"]);
+        assert!(!c.durable_writes);
+        let r = c.roles().unwrap();
+        assert!(r.challenge && r.verifier && !r.dispatcher);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "listne = \"x\"\n").unwrap();
+        let e = Config::load(Some(&f), &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listne"), "{e}");
+        let e = Config::load(None, &env(&[("SESAME_DISPATCHER__CONCURRENCY", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SESAME_DISPATCHER__CONCURRENCY"), "{e}");
+        assert!(Config::load(None, &env(&[("SESAME_ROLES", "pusher")])).is_err());
+        assert!(Config::load(None, &env(&[("SESAME_STORAGE", "postgres")])).is_err());
+        assert!(Config::load(None, &env(&[("SESAME_LISTEN", "nowhere")])).is_err());
+    }
+}

@@ -1,0 +1,374 @@
+//! `sesame`: one binary for every role and for the client tools.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sesame::cli;
+use sesame::{Config, Sesame};
+use sesame_core::crypto::KeyAlgorithm;
+use sesame_core::model::{Decision, Platform};
+use sesame_proto::types::v1::NumberMatchMode;
+
+#[derive(Parser)]
+#[command(
+    name = "sesame",
+    version,
+    about = "Push-notification authentication backbone"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (all roles by default, zero configuration).
+    Serve {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Overrides `listen`.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Overrides `data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Overrides `roles`, e.g. `all` or `challenge,verifier`.
+        #[arg(long)]
+        roles: Option<String>,
+    },
+    /// Run one whole login (tenant + simulated phone) against a server; exit 0 on APPROVED.
+    Demo {
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+        /// Tenant API key; default: the development key in <data-dir>/dev-tenant.key.
+        #[arg(long, env = "SESAME_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        #[arg(long, default_value = "sesame-data")]
+        data_dir: PathBuf,
+        /// Seconds to wait for the verdict.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Tenant side: start enrolling a phone for a user (prints the QR URI).
+    Enroll {
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+        #[arg(long, env = "SESAME_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        #[arg(long, default_value = "sesame-data")]
+        data_dir: PathBuf,
+    },
+    /// Tenant side: ask a user's phones to approve a sign-in, and wait for the verdict.
+    Challenge {
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value = "Sesame CLI")]
+        client_name: String,
+        /// Makes it a transaction of this amount (e.g. 125.50).
+        #[arg(long)]
+        amount: Option<String>,
+        #[arg(long, default_value = "EUR")]
+        currency: String,
+        #[arg(long, default_value = "")]
+        payee: String,
+        #[arg(long, value_enum, default_value_t = Mode::Enter)]
+        number_match: Mode,
+        #[arg(long, default_value_t = 0)]
+        ttl_seconds: u32,
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+        #[arg(long, env = "SESAME_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        #[arg(long, default_value = "sesame-data")]
+        data_dir: PathBuf,
+    },
+    /// A simulated phone.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Create a device key and enroll it with an enrollment URI.
+    Enroll {
+        #[arg(long)]
+        uri: String,
+        #[arg(long, default_value = "sesame-device.json")]
+        key_file: PathBuf,
+        #[arg(long, value_enum, default_value_t = Alg::P256)]
+        alg: Alg,
+        #[arg(long, value_enum, default_value_t = Os::Android)]
+        platform: Os,
+        #[arg(long, default_value = "Simulated phone")]
+        name: String,
+    },
+    /// Wait for challenges and answer them.
+    Run {
+        #[arg(long, default_value = "sesame-device.json")]
+        key_file: PathBuf,
+        /// Answer without asking.
+        #[arg(long, value_enum)]
+        answer: Option<AnswerArg>,
+        /// The number from the sign-in page (else asked on the terminal).
+        #[arg(long)]
+        number: Option<String>,
+        /// Exit after one answer.
+        #[arg(long)]
+        once: bool,
+        /// Poll every N seconds instead of waiting for pushes.
+        #[arg(long)]
+        poll: Option<u64>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    None,
+    Choose,
+    Enter,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Alg {
+    P256,
+    Ed25519,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Os {
+    Ios,
+    Android,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AnswerArg {
+    Approve,
+    Deny,
+    Fraud,
+}
+
+/// `EX_USAGE`: invalid configuration.
+const EXIT_CONFIG: u8 = 64;
+
+fn init_tracing(format: &str, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SESAME_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn serve(
+    config_file: Option<PathBuf>,
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    roles: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let mut config = match Config::load(config_file.as_deref(), &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sesame: invalid configuration: {e:#}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    if let Some(l) = listen {
+        config.listen = l;
+    }
+    if let Some(d) = data_dir {
+        config.data_dir = d;
+    }
+    if let Some(r) = roles {
+        config.roles = r.split(',').map(|s| s.trim().to_owned()).collect();
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("sesame: invalid configuration: {e:#}");
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
+    init_tracing(&config.log_format, &config.log_level);
+    let listener = tokio::net::TcpListener::bind(&config.listen).await?;
+    let app = Sesame::open(config)?;
+    if app.config.dev_tenant && app.roles.challenge {
+        let path = app.ensure_dev_tenant().await?;
+        tracing::info!(key_file = %path.display(), "development tenant \"dev\" ready; `sesame demo` finds its key there");
+    }
+    app.serve(listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn real_main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+            roles,
+        } => serve(config, listen, data_dir, roles).await,
+        Command::Demo {
+            server,
+            api_key,
+            data_dir,
+            timeout,
+        } => {
+            let api_key = cli::resolve_api_key(api_key.as_deref(), &data_dir)?;
+            let status = cli::demo::run(&cli::demo::DemoOptions {
+                server,
+                api_key,
+                timeout: Duration::from_secs(timeout),
+                verbose: true,
+            })
+            .await?;
+            println!("verdict: {}", status.as_str().to_uppercase());
+            Ok(if status == sesame_core::model::ChallengeStatus::Approved {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Enroll {
+            user,
+            server,
+            api_key,
+            data_dir,
+        } => {
+            let key = cli::resolve_api_key(api_key.as_deref(), &data_dir)?;
+            cli::tenant::enroll(&server, &key, &user).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Challenge {
+            user,
+            client_name,
+            amount,
+            currency,
+            payee,
+            number_match,
+            ttl_seconds,
+            server,
+            api_key,
+            data_dir,
+        } => {
+            let key = cli::resolve_api_key(api_key.as_deref(), &data_dir)?;
+            let mode = match number_match {
+                Mode::None => NumberMatchMode::None,
+                Mode::Choose => NumberMatchMode::Choose,
+                Mode::Enter => NumberMatchMode::Enter,
+            };
+            let status = cli::tenant::challenge(
+                &server,
+                &key,
+                cli::tenant::ChallengeArgs {
+                    user,
+                    client_name,
+                    amount,
+                    currency,
+                    payee,
+                    mode,
+                    ttl_seconds,
+                },
+            )
+            .await?;
+            Ok(if status == "approved" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Device { command } => match command {
+            DeviceCommand::Enroll {
+                uri,
+                key_file,
+                alg,
+                platform,
+                name,
+            } => {
+                let alg = match alg {
+                    Alg::P256 => KeyAlgorithm::EcdsaP256Sha256,
+                    Alg::Ed25519 => KeyAlgorithm::Ed25519,
+                };
+                let platform = match platform {
+                    Os::Ios => Platform::Ios,
+                    Os::Android => Platform::Android,
+                };
+                cli::device::enroll(&uri, &key_file, alg, platform, &name).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            DeviceCommand::Run {
+                key_file,
+                answer,
+                number,
+                once,
+                poll,
+            } => {
+                let decision = answer.map(|a| match a {
+                    AnswerArg::Approve => Decision::Approve,
+                    AnswerArg::Deny => Decision::Deny,
+                    AnswerArg::Fraud => Decision::DenyFraud,
+                });
+                cli::device::run(
+                    &key_file,
+                    cli::device::RunOptions {
+                        decision,
+                        number,
+                        once,
+                        poll: poll.map(Duration::from_secs),
+                    },
+                )
+                .await?;
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+    }
+}
+
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sesame: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(real_main()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sesame: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

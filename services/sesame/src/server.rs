@@ -1,0 +1,266 @@
+//! Assembles the roles of one process from a [`Config`] and serves them on
+//! one gRPC listener, with health and reflection. Tests build it in-process
+//! on `127.0.0.1:0`; the binary is a thin wrapper.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sesame_challenge::{
+    apikey, ChallengeApi, ChallengeConfig, EnrollmentApi, TenantAuth, WatchHub,
+};
+use sesame_core::time::now_ms;
+use sesame_core::{Tenant, TenantId};
+use sesame_dispatcher::{Dispatcher, DispatcherConfig};
+use sesame_proto::device::v1::device_service_server::DeviceServiceServer;
+use sesame_proto::simulator::v1::push_inbox_server::PushInboxServer;
+use sesame_proto::tenant::v1::challenge_service_server::ChallengeServiceServer;
+use sesame_proto::tenant::v1::enrollment_service_server::EnrollmentServiceServer;
+use sesame_push::SimulatorProvider;
+use sesame_queue::{MemQueue, MemQueueConfig, Queue};
+use sesame_storage::{EmbeddedConfig, EmbeddedStorage, MemStorage, Storage};
+use sesame_verifier::{DeviceApi, ReplayGuard};
+use tokio::net::TcpListener;
+
+use crate::config::{Config, Roles};
+use crate::inbox::InboxApi;
+
+/// The development tenant created by a zero-configuration `serve`.
+pub const DEV_TENANT: &str = "dev";
+/// Its API key file, inside the data directory.
+pub const DEV_KEY_FILE: &str = "dev-tenant.key";
+/// Largest request message accepted, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// One process's roles, ready to serve.
+pub struct Sesame {
+    pub config: Config,
+    pub roles: Roles,
+    pub storage: Arc<dyn Storage>,
+    pub queue: Arc<dyn Queue>,
+    pub simulator: Arc<SimulatorProvider>,
+    pub hub: WatchHub,
+}
+
+impl Sesame {
+    /// Opens the backends named by the configuration.
+    pub fn open(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        let roles = config.roles()?;
+        let storage: Arc<dyn Storage> = match config.storage.as_str() {
+            "memory" => Arc::new(MemStorage::new()),
+            _ => {
+                let mut c = EmbeddedConfig::new(EmbeddedStorage::path_in(&config.data_dir));
+                c.durable = config.durable_writes;
+                Arc::new(EmbeddedStorage::open(c).with_context(|| {
+                    format!(
+                        "opening the embedded store in {}",
+                        config.data_dir.display()
+                    )
+                })?)
+            }
+        };
+        let queue: Arc<dyn Queue> = Arc::new(MemQueue::new(MemQueueConfig::default()));
+        Ok(Sesame {
+            config,
+            roles,
+            storage,
+            queue,
+            simulator: Arc::new(SimulatorProvider::new()),
+            hub: WatchHub::new(),
+        })
+    }
+
+    /// Makes sure the `dev` tenant exists and has a key in
+    /// `<data_dir>/dev-tenant.key`, reusing a still-valid one. Returns the file.
+    pub async fn ensure_dev_tenant(&self) -> anyhow::Result<PathBuf> {
+        let tenant_id = TenantId::parse(DEV_TENANT)?;
+        if self.storage.get_tenant(&tenant_id).await?.is_none() {
+            self.storage
+                .put_tenant(&Tenant {
+                    id: tenant_id.clone(),
+                    display_name: "Development tenant".into(),
+                    disabled: false,
+                    created_at: now_ms(),
+                })
+                .await?;
+        }
+        std::fs::create_dir_all(&self.config.data_dir)
+            .with_context(|| format!("creating {}", self.config.data_dir.display()))?;
+        let path = self.config.data_dir.join(DEV_KEY_FILE);
+        if let Ok(existing) = std::fs::read_to_string(&path) {
+            if let Some((key_id, hash)) = apikey::parse(existing.trim()) {
+                if let Some(rec) = self.storage.get_api_key(key_id).await? {
+                    if rec.secret_sha256 == hash && !rec.revoked && rec.tenant_id == tenant_id {
+                        return Ok(path);
+                    }
+                }
+            }
+        }
+        let (key, record) = apikey::generate(&tenant_id, now_ms());
+        self.storage.put_api_key(&record).await?;
+        sesame_device_sim::write_private(&path, format!("{key}\n").as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Serves until `shutdown` resolves, then drains.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Sesame {
+            config,
+            roles,
+            storage,
+            queue,
+            simulator,
+            hub,
+        } = self;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(sesame_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+
+        let mut background = tokio::task::JoinSet::new();
+        let auth = TenantAuth::new(storage.clone());
+        let challenge_config = ChallengeConfig {
+            public_device_url: config.device_url(),
+            max_devices_per_user: config.max_devices_per_user,
+        };
+
+        let (enrollment, challenges) = if roles.challenge {
+            background.spawn(sesame_challenge::run_event_loop(
+                queue.clone(),
+                storage.clone(),
+                hub.clone(),
+            ));
+            let retention = Duration::from_secs(config.challenge_retention_hours * 3600);
+            background.spawn(purge_loop(storage.clone(), retention));
+            health
+                .set_serving::<EnrollmentServiceServer<EnrollmentApi>>()
+                .await;
+            health
+                .set_serving::<ChallengeServiceServer<ChallengeApi>>()
+                .await;
+            (
+                Some(
+                    EnrollmentServiceServer::new(EnrollmentApi::new(
+                        storage.clone(),
+                        auth.clone(),
+                        challenge_config,
+                    ))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                ),
+                Some(
+                    ChallengeServiceServer::new(ChallengeApi::new(
+                        storage.clone(),
+                        queue.clone(),
+                        auth,
+                        hub,
+                    ))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                ),
+            )
+        } else {
+            (None, None)
+        };
+
+        let device = roles.verifier.then(|| {
+            let replay = Arc::new(ReplayGuard::new(
+                Duration::from_millis(sesame_core::limits::MAX_CLOCK_SKEW_MS as u64),
+                1_000_000,
+            ));
+            DeviceServiceServer::new(DeviceApi::new(
+                storage.clone(),
+                queue.clone(),
+                replay,
+                config.max_devices_per_user,
+            ))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        });
+        if device.is_some() {
+            health.set_serving::<DeviceServiceServer<DeviceApi>>().await;
+        }
+
+        let dispatcher_done = if roles.dispatcher {
+            let d = Dispatcher::new(
+                queue.clone(),
+                simulator.clone(),
+                DispatcherConfig {
+                    concurrency: config.dispatcher.concurrency,
+                    max_attempts: config.dispatcher.max_attempts,
+                    ..Default::default()
+                },
+            );
+            Some(tokio::spawn(d.run()))
+        } else {
+            None
+        };
+        // The simulator's inbox is served wherever pushes are simulated.
+        let inbox = (config.push_provider == "simulator")
+            .then(|| PushInboxServer::new(InboxApi::new(simulator.clone())));
+
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, ?roles, storage = storage.name(), queue = queue.name(), "sesame serving");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let health_for_drain = health.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            // Readiness goes first, so load balancers stop sending new calls.
+            health_for_drain
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            let _ = stop_tx.send(());
+        });
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(30))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_optional_service(enrollment)
+            .add_optional_service(challenges)
+            .add_optional_service(device)
+            .add_optional_service(inbox)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stop_rx.await;
+                },
+            )
+            .await?;
+
+        // Drain: no new jobs; let the dispatcher finish what it holds.
+        queue.close();
+        if let Some(done) = dispatcher_done {
+            let grace = Duration::from_secs(config.shutdown_grace_seconds);
+            if tokio::time::timeout(grace, done).await.is_err() {
+                tracing::warn!("dispatcher did not drain within the grace period");
+            }
+        }
+        background.abort_all();
+        tracing::info!("sesame stopped");
+        Ok(())
+    }
+}
+
+async fn purge_loop(storage: Arc<dyn Storage>, retention: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let now = now_ms();
+        match storage
+            .purge_expired(now, now - retention.as_millis() as i64)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "expired records purged"),
+            Err(e) => tracing::warn!(error = %e, "purge of expired records failed"),
+        }
+    }
+}
