@@ -17,13 +17,14 @@ use sesame_storage::{Created, Storage};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::{TenantAuth, WatchHub};
+use crate::{Shutdown, TenantAuth, WatchHub};
 
 pub struct ChallengeApi {
     storage: Arc<dyn Storage>,
     queue: Arc<dyn Queue>,
     auth: TenantAuth,
     hub: WatchHub,
+    shutdown: Shutdown,
 }
 
 pub fn challenge_out(c: &Challenge, now: i64) -> pb::Challenge {
@@ -59,7 +60,15 @@ impl ChallengeApi {
             queue,
             auth,
             hub,
+            shutdown: Shutdown::never(),
         }
+    }
+
+    /// Ends open watch streams (with `UNAVAILABLE`, so clients re-watch
+    /// elsewhere) when `shutdown` fires; graceful shutdown waits for streams.
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 
     /// The tenant's challenge, or `NOT_FOUND` (also for another tenant's).
@@ -205,6 +214,7 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let storage = self.storage.clone();
         let watch = self.hub.watch(&first.id);
+        let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let mut last: Option<ChallengeStatus> = None;
             let mut current = first;
@@ -240,6 +250,10 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
                     _ = notified => {}
                     _ = tokio::time::sleep(until_expiry) => {}
                     _ = tx.closed() => return,
+                    _ = shutdown.wait() => {
+                        let _ = tx.send(Err(Status::unavailable("server shutting down; watch again"))).await;
+                        return;
+                    }
                 }
             }
         });

@@ -13,6 +13,7 @@ mod auth;
 mod challenges;
 mod enrollment;
 mod hub;
+mod shutdown;
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ pub use auth::TenantAuth;
 pub use challenges::ChallengeApi;
 pub use enrollment::EnrollmentApi;
 pub use hub::WatchHub;
+pub use shutdown::Shutdown;
 
 use sesame_queue::{Event, EventError, Queue};
 use sesame_storage::Storage;

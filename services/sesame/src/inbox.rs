@@ -5,6 +5,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use sesame_challenge::Shutdown;
 use sesame_proto::simulator::v1 as pb;
 use sesame_push::SimulatorProvider;
 use tokio_stream::Stream;
@@ -12,11 +13,15 @@ use tonic::{Request, Response, Status};
 
 pub struct InboxApi {
     simulator: Arc<SimulatorProvider>,
+    shutdown: Shutdown,
 }
 
 impl InboxApi {
-    pub fn new(simulator: Arc<SimulatorProvider>) -> Self {
-        InboxApi { simulator }
+    pub fn new(simulator: Arc<SimulatorProvider>, shutdown: Shutdown) -> Self {
+        InboxApi {
+            simulator,
+            shutdown,
+        }
     }
 }
 
@@ -35,6 +40,7 @@ impl pb::push_inbox_server::PushInbox for InboxApi {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let sim = self.simulator.clone();
+        let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -52,6 +58,7 @@ impl pb::push_inbox_server::PushInbox for InboxApi {
                         }
                     }
                     _ = tx.closed() => return,
+                    _ = shutdown.wait() => return,
                 }
             }
         });

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sesame_challenge::{
-    apikey, ChallengeApi, ChallengeConfig, EnrollmentApi, TenantAuth, WatchHub,
+    apikey, ChallengeApi, ChallengeConfig, EnrollmentApi, Shutdown, TenantAuth, WatchHub,
 };
 use sesame_core::time::now_ms;
 use sesame_core::{Tenant, TenantId};
@@ -127,6 +127,7 @@ impl Sesame {
             .build_v1()?;
 
         let mut background = tokio::task::JoinSet::new();
+        let (stop_streams, streams_shutdown) = Shutdown::new();
         let auth = TenantAuth::new(storage.clone());
         let challenge_config = ChallengeConfig {
             public_device_url: config.device_url(),
@@ -157,12 +158,10 @@ impl Sesame {
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
                 ),
                 Some(
-                    ChallengeServiceServer::new(ChallengeApi::new(
-                        storage.clone(),
-                        queue.clone(),
-                        auth,
-                        hub,
-                    ))
+                    ChallengeServiceServer::new(
+                        ChallengeApi::new(storage.clone(), queue.clone(), auth, hub)
+                            .with_shutdown(streams_shutdown.clone()),
+                    )
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
                 ),
             )
@@ -202,8 +201,9 @@ impl Sesame {
             None
         };
         // The simulator's inbox is served wherever pushes are simulated.
-        let inbox = (config.push_provider == "simulator")
-            .then(|| PushInboxServer::new(InboxApi::new(simulator.clone())));
+        let inbox = (config.push_provider == "simulator").then(|| {
+            PushInboxServer::new(InboxApi::new(simulator.clone(), streams_shutdown.clone()))
+        });
 
         let addr = listener.local_addr()?;
         tracing::info!(%addr, ?roles, storage = storage.name(), queue = queue.name(), "sesame serving");
@@ -215,9 +215,13 @@ impl Sesame {
             health_for_drain
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
+            // Long-lived streams end now; unary calls in flight finish.
+            stop_streams.fire();
             let _ = stop_tx.send(());
         });
-        tonic::transport::Server::builder()
+        let grace = Duration::from_secs(config.shutdown_grace_seconds);
+        let (drain_started_tx, drain_started) = tokio::sync::oneshot::channel::<()>();
+        let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .timeout(Duration::from_secs(30))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -231,14 +235,26 @@ impl Sesame {
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 async {
                     let _ = stop_rx.await;
+                    let _ = drain_started_tx.send(());
                 },
-            )
-            .await?;
+            );
+        tokio::pin!(server);
+        // Graceful shutdown waits for every open call; bound it by the grace period.
+        let forced = async {
+            if drain_started.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            r = &mut server => r?,
+            _ = forced => tracing::warn!("calls still open after the grace period; closing them"),
+        }
 
         // Drain: no new jobs; let the dispatcher finish what it holds.
         queue.close();
         if let Some(done) = dispatcher_done {
-            let grace = Duration::from_secs(config.shutdown_grace_seconds);
             if tokio::time::timeout(grace, done).await.is_err() {
                 tracing::warn!("dispatcher did not drain within the grace period");
             }

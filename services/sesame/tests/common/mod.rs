@@ -1,0 +1,270 @@
+//! Test harness: a real `sesame` server (all roles, durable embedded store in
+//! a temporary directory) on `127.0.0.1:0`, reached over real gRPC.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use sesame::{Config, Sesame};
+use sesame_core::crypto::KeyAlgorithm;
+use sesame_core::model::{Decision, Platform};
+use sesame_core::time::now_ms;
+use sesame_core::{Tenant, TenantId};
+use sesame_device_sim::{Answer, SimDevice};
+use sesame_proto::device::v1 as dpb;
+use sesame_proto::tenant::v1 as pb;
+use sesame_proto::tenant::v1::challenge_service_client::ChallengeServiceClient;
+use sesame_proto::tenant::v1::enrollment_service_client::EnrollmentServiceClient;
+use sesame_proto::types::v1 as types;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+pub struct Harness {
+    pub url: String,
+    pub channel: Channel,
+    /// The `dev` tenant's key.
+    pub key: String,
+    /// A second tenant's key, for isolation tests.
+    pub other_key: String,
+    pub storage: std::sync::Arc<dyn sesame_storage::Storage>,
+    pub simulator: std::sync::Arc<sesame_push::SimulatorProvider>,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let config = Config {
+            listen: addr.to_string(),
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        let app = Sesame::open(config).expect("open");
+        let key_file = app.ensure_dev_tenant().await.expect("dev tenant");
+        let key = std::fs::read_to_string(key_file)
+            .expect("key")
+            .trim()
+            .to_owned();
+        let other = TenantId::parse("other-bank").expect("tenant id");
+        app.storage
+            .put_tenant(&Tenant {
+                id: other.clone(),
+                display_name: "Other bank".into(),
+                disabled: false,
+                created_at: now_ms(),
+            })
+            .await
+            .expect("tenant");
+        let (other_key, rec) = sesame_challenge::apikey::generate(&other, now_ms());
+        app.storage.put_api_key(&rec).await.expect("key");
+        let storage = app.storage.clone();
+        let simulator = app.simulator.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        let url = format!("http://{addr}");
+        let channel = sesame_device_sim::connect(&url).await.expect("connect");
+        Harness {
+            url,
+            channel,
+            key,
+            other_key,
+            storage,
+            simulator,
+            _dir: dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("join").expect("serve");
+        }
+    }
+
+    pub fn req<T>(&self, msg: T) -> Request<T> {
+        sesame::cli::authed(&self.key, msg).expect("request")
+    }
+
+    pub fn req_other<T>(&self, msg: T) -> Request<T> {
+        sesame::cli::authed(&self.other_key, msg).expect("request")
+    }
+
+    pub fn enrollment(&self) -> EnrollmentServiceClient<Channel> {
+        EnrollmentServiceClient::new(self.channel.clone())
+    }
+
+    pub fn challenges(&self) -> ChallengeServiceClient<Channel> {
+        ChallengeServiceClient::new(self.channel.clone())
+    }
+
+    pub async fn begin(&self, user: &str) -> pb::BeginEnrollmentResponse {
+        self.enrollment()
+            .begin_enrollment(self.req(pb::BeginEnrollmentRequest {
+                user_id: user.into(),
+                ttl_seconds: 0,
+            }))
+            .await
+            .expect("begin enrollment")
+            .into_inner()
+    }
+
+    pub async fn enroll_with(&self, user: &str, alg: KeyAlgorithm, push_token: &str) -> SimDevice {
+        let token = self.begin(user).await.enrollment_token;
+        SimDevice::enroll(
+            self.channel.clone(),
+            &self.url,
+            &token,
+            alg,
+            Platform::Ios,
+            push_token,
+            "test phone",
+        )
+        .await
+        .expect("enroll")
+    }
+
+    pub async fn enroll(&self, user: &str) -> SimDevice {
+        let token = format!("tok-{}", sesame::cli::random_suffix());
+        self.enroll_with(user, KeyAlgorithm::EcdsaP256Sha256, &token)
+            .await
+    }
+
+    /// A device of the second tenant.
+    pub async fn enroll_other(&self, user: &str) -> SimDevice {
+        let token = self
+            .enrollment()
+            .begin_enrollment(self.req_other(pb::BeginEnrollmentRequest {
+                user_id: user.into(),
+                ttl_seconds: 0,
+            }))
+            .await
+            .expect("begin")
+            .into_inner()
+            .enrollment_token;
+        SimDevice::enroll(
+            self.channel.clone(),
+            &self.url,
+            &token,
+            KeyAlgorithm::EcdsaP256Sha256,
+            Platform::Android,
+            "other-token",
+            "",
+        )
+        .await
+        .expect("enroll")
+    }
+
+    pub fn login_request(
+        user: &str,
+        mode: types::NumberMatchMode,
+        ttl: u32,
+    ) -> pb::CreateChallengeRequest {
+        pb::CreateChallengeRequest {
+            user_id: user.into(),
+            context: Some(types::ChallengeContext {
+                client_name: "Test bank".into(),
+                action: types::Action::Login as i32,
+                transaction: None,
+                ip_address: "203.0.113.7".into(),
+                location: "Ghent, BE".into(),
+                binding_message: String::new(),
+            }),
+            options: Some(pb::ChallengeOptions {
+                ttl_seconds: ttl,
+                number_match: mode as i32,
+                idempotency_key: String::new(),
+            }),
+        }
+    }
+
+    pub async fn create(
+        &self,
+        user: &str,
+        mode: types::NumberMatchMode,
+        ttl: u32,
+    ) -> pb::Challenge {
+        self.challenges()
+            .create_challenge(self.req(Self::login_request(user, mode, ttl)))
+            .await
+            .expect("create challenge")
+            .into_inner()
+            .challenge
+            .expect("challenge")
+    }
+
+    pub async fn get(&self, id: &str) -> pb::Challenge {
+        self.challenges()
+            .get_challenge(self.req(pb::GetChallengeRequest {
+                challenge_id: id.into(),
+            }))
+            .await
+            .expect("get challenge")
+            .into_inner()
+    }
+}
+
+pub fn approve(number: &str) -> Answer {
+    Answer {
+        decision: Decision::Approve,
+        number: number.into(),
+    }
+}
+
+pub fn answer(decision: Decision) -> Answer {
+    Answer {
+        decision,
+        number: String::new(),
+    }
+}
+
+/// The gRPC code of a failed device-simulator call.
+pub fn code_of<T: std::fmt::Debug>(r: Result<T, sesame_device_sim::SimError>) -> Code {
+    match r {
+        Err(sesame_device_sim::SimError::Rpc(s)) => s.code(),
+        other => panic!("expected a gRPC error, got {other:?}"),
+    }
+}
+
+pub fn status_of<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> tonic::Status {
+    match r {
+        Err(s) => s,
+        Ok(v) => panic!("expected an error, got {v:?}"),
+    }
+}
+
+pub async fn next_push(
+    device: &SimDevice,
+    stream: &mut tonic::Streaming<sesame_proto::simulator::v1::Push>,
+) -> String {
+    let _ = device;
+    tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("push within 5 s")
+        .expect("inbox stream")
+        .expect("a push")
+        .challenge_id
+}
+
+pub async fn details(device: &SimDevice, id: &str) -> dpb::ChallengeDetails {
+    device.details(id).await.expect("details")
+}
+
+pub const ENTER: types::NumberMatchMode = types::NumberMatchMode::Enter;
+pub const CHOOSE: types::NumberMatchMode = types::NumberMatchMode::Choose;
+pub const NONE: types::NumberMatchMode = types::NumberMatchMode::None;
+
+pub fn st(s: types::ChallengeStatus) -> i32 {
+    s as i32
+}

@@ -1,0 +1,549 @@
+//! End-to-end logins over real gRPC on loopback: every verdict, expiry,
+//! cancel, number matching, replay, races, isolation, revocation, watch
+//! streams, polling and dead push tokens.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sesame_core::crypto::KeyAlgorithm;
+use sesame_core::model::Decision;
+use sesame_proto::tenant::v1 as pb;
+use sesame_proto::types::v1::{ChallengeStatus as S, DenyReason};
+use tonic::Code;
+
+#[tokio::test]
+async fn approve_with_pushed_challenge_and_entered_number() {
+    let h = Harness::start().await;
+    let phone = h.enroll("alice").await;
+    let mut inbox = phone.push_inbox().await.unwrap();
+    let c = h.create("alice", ENTER, 0).await;
+    assert_eq!(c.status, st(S::Pending));
+    assert_eq!(c.number_match_code.len(), 2);
+    assert_eq!(c.devices_notified, 1);
+    assert!(
+        c.expires_at_unix_ms - c.created_at_unix_ms == 120_000,
+        "default TTL is 120 s"
+    );
+
+    let pushed = next_push(&phone, &mut inbox).await;
+    assert_eq!(pushed, c.challenge_id);
+    let d = details(&phone, &pushed).await;
+    assert!(
+        d.number_choices.is_empty(),
+        "ENTER mode never shows the number on the phone"
+    );
+    assert_eq!(d.context.as_ref().unwrap().client_name, "Test bank");
+    let r = phone
+        .respond(&d, &approve(&c.number_match_code))
+        .await
+        .unwrap();
+    assert_eq!(r.status, st(S::Approved));
+
+    let got = h.get(&c.challenge_id).await;
+    assert_eq!(got.status, st(S::Approved));
+    assert_eq!(got.answered_by_device_id, phone.device_id());
+    assert!(got.resolved_at_unix_ms > 0);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn deny_and_deny_as_fraud() {
+    let h = Harness::start().await;
+    let phone = h.enroll("bob").await;
+    for (decision, reason) in [
+        (Decision::Deny, DenyReason::UserDenied),
+        (Decision::DenyFraud, DenyReason::FraudReported),
+    ] {
+        let c = h.create("bob", ENTER, 0).await;
+        let d = details(&phone, &c.challenge_id).await;
+        let r = phone.respond(&d, &answer(decision)).await.unwrap();
+        assert_eq!(r.status, st(S::Denied));
+        assert_eq!(r.deny_reason, reason as i32);
+        let got = h.get(&c.challenge_id).await;
+        assert_eq!(got.status, st(S::Denied));
+        assert_eq!(got.deny_reason, reason as i32);
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn choose_and_none_modes() {
+    let h = Harness::start().await;
+    let phone = h.enroll("carol").await;
+    let c = h.create("carol", CHOOSE, 0).await;
+    let d = details(&phone, &c.challenge_id).await;
+    assert_eq!(d.number_choices.len(), 3);
+    assert!(d.number_choices.contains(&c.number_match_code));
+    let r = phone
+        .respond(&d, &approve(&c.number_match_code))
+        .await
+        .unwrap();
+    assert_eq!(r.status, st(S::Approved));
+
+    let c = h.create("carol", NONE, 0).await;
+    assert!(c.number_match_code.is_empty());
+    let d = details(&phone, &c.challenge_id).await;
+    let r = phone.respond(&d, &approve("")).await.unwrap();
+    assert_eq!(r.status, st(S::Approved));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn wrong_number_denies_the_challenge() {
+    let h = Harness::start().await;
+    let phone = h.enroll("dave").await;
+    let c = h.create("dave", ENTER, 0).await;
+    let wrong = if c.number_match_code == "10" {
+        "11"
+    } else {
+        "10"
+    };
+    let d = details(&phone, &c.challenge_id).await;
+    let err = phone.respond(&d, &approve(wrong)).await;
+    assert_eq!(code_of(err), Code::PermissionDenied);
+    let got = h.get(&c.challenge_id).await;
+    assert_eq!(got.status, st(S::Denied));
+    assert_eq!(got.deny_reason, DenyReason::NumberMismatch as i32);
+    // No second guess.
+    let again = phone.respond(&d, &approve(&c.number_match_code)).await;
+    assert_eq!(code_of(again), Code::FailedPrecondition);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn expiry_is_seen_by_get_watch_and_refuses_answers() {
+    let h = Harness::start().await;
+    let phone = h.enroll("erin").await;
+    let c = h.create("erin", ENTER, 1).await;
+    let d = details(&phone, &c.challenge_id).await;
+    let mut watch = h
+        .challenges()
+        .watch_challenge(h.req(pb::WatchChallengeRequest {
+            challenge_id: c.challenge_id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        st(S::Pending)
+    );
+    let last = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("expiry within 5 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(last.status, st(S::Expired));
+    assert!(
+        watch.message().await.unwrap().is_none(),
+        "stream ends after a final state"
+    );
+    assert_eq!(h.get(&c.challenge_id).await.status, st(S::Expired));
+    let late = phone.respond(&d, &approve(&c.number_match_code)).await;
+    assert_eq!(code_of(late), Code::FailedPrecondition);
+    assert!(phone.pending().await.unwrap().is_empty());
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn cancel_then_answers_and_cancels_are_refused() {
+    let h = Harness::start().await;
+    let phone = h.enroll("frank").await;
+    let c = h.create("frank", ENTER, 0).await;
+    let d = details(&phone, &c.challenge_id).await;
+    let cancelled = h
+        .challenges()
+        .cancel_challenge(h.req(pb::CancelChallengeRequest {
+            challenge_id: c.challenge_id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cancelled.status, st(S::Cancelled));
+    assert_eq!(
+        code_of(phone.respond(&d, &approve(&c.number_match_code)).await),
+        Code::FailedPrecondition
+    );
+    let again = h
+        .challenges()
+        .cancel_challenge(h.req(pb::CancelChallengeRequest {
+            challenge_id: c.challenge_id.clone(),
+        }))
+        .await;
+    assert_eq!(status_of(again).code(), Code::FailedPrecondition);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn replayed_answer_and_answer_after_verdict_are_refused() {
+    let h = Harness::start().await;
+    let phone = h.enroll("gina").await;
+    let second = h.enroll("gina").await;
+    let c = h.create("gina", ENTER, 0).await;
+    assert_eq!(c.devices_notified, 2);
+    let d = details(&phone, &c.challenge_id).await;
+    let signed = phone
+        .signed_answer(&d, &approve(&c.number_match_code))
+        .unwrap();
+    phone.send_answer(signed.clone()).await.unwrap();
+    let replay = phone.send_answer(signed).await;
+    assert_eq!(code_of(replay), Code::FailedPrecondition);
+    let d2 = details(&second, &c.challenge_id).await;
+    let late = second.respond(&d2, &answer(Decision::Deny)).await;
+    assert_eq!(code_of(late), Code::FailedPrecondition);
+    let got = h.get(&c.challenge_id).await;
+    assert_eq!(got.status, st(S::Approved));
+    assert_eq!(got.answered_by_device_id, phone.device_id());
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_devices_racing_exactly_one_wins() {
+    let h = Harness::start().await;
+    let a = h.enroll("hank").await;
+    let b = h.enroll("hank").await;
+    for _ in 0..20 {
+        let c = h.create("hank", ENTER, 0).await;
+        let ra = a
+            .signed_answer(
+                &details(&a, &c.challenge_id).await,
+                &approve(&c.number_match_code),
+            )
+            .unwrap();
+        let rb = b
+            .signed_answer(&details(&b, &c.challenge_id).await, &answer(Decision::Deny))
+            .unwrap();
+        let (x, y) = tokio::join!(a.send_answer(ra), b.send_answer(rb));
+        let wins = [x.is_ok(), y.is_ok()];
+        assert_eq!(
+            wins.iter().filter(|w| **w).count(),
+            1,
+            "exactly one answer wins: {wins:?}"
+        );
+        let loser = if x.is_ok() { y } else { x };
+        assert_eq!(code_of(loser), Code::FailedPrecondition);
+        let got = h.get(&c.challenge_id).await;
+        let winner = if wins[0] {
+            a.device_id()
+        } else {
+            b.device_id()
+        };
+        assert_eq!(got.answered_by_device_id, winner);
+        assert_eq!(
+            got.status,
+            if wins[0] {
+                st(S::Approved)
+            } else {
+                st(S::Denied)
+            }
+        );
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn cross_user_and_cross_tenant_answers_are_not_found() {
+    let h = Harness::start().await;
+    let alice = h.enroll("ivy").await;
+    let mallory = h.enroll("mallory").await;
+    let foreign = h.enroll_other("ivy").await;
+    let c = h.create("ivy", ENTER, 0).await;
+    let d = details(&alice, &c.challenge_id).await;
+
+    // Another user's device of the same tenant, and a device of another tenant
+    // (even for a user with the same name), can neither see nor answer it.
+    for intruder in [&mallory, &foreign] {
+        assert_eq!(
+            code_of(intruder.details(&c.challenge_id).await),
+            Code::NotFound
+        );
+        let forged = intruder
+            .signed_answer(&d, &approve(&c.number_match_code))
+            .unwrap();
+        assert_eq!(code_of(intruder.send_answer(forged).await), Code::NotFound);
+    }
+    // The other tenant cannot read, watch or cancel it, nor touch the device.
+    let get = h
+        .challenges()
+        .get_challenge(h.req_other(pb::GetChallengeRequest {
+            challenge_id: c.challenge_id.clone(),
+        }))
+        .await;
+    assert_eq!(status_of(get).code(), Code::NotFound);
+    let watch = h
+        .challenges()
+        .watch_challenge(h.req_other(pb::WatchChallengeRequest {
+            challenge_id: c.challenge_id.clone(),
+        }))
+        .await;
+    assert_eq!(status_of(watch).code(), Code::NotFound);
+    let cancel = h
+        .challenges()
+        .cancel_challenge(h.req_other(pb::CancelChallengeRequest {
+            challenge_id: c.challenge_id.clone(),
+        }))
+        .await;
+    assert_eq!(status_of(cancel).code(), Code::NotFound);
+    let revoke = h
+        .enrollment()
+        .revoke_device(h.req_other(pb::RevokeDeviceRequest {
+            device_id: alice.device_id().into(),
+        }))
+        .await;
+    assert_eq!(status_of(revoke).code(), Code::NotFound);
+    let list = h
+        .enrollment()
+        .list_devices(h.req_other(pb::ListDevicesRequest {
+            user_id: "ivy".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.devices.len(), 1);
+    assert_eq!(list.devices[0].device_id, foreign.device_id());
+
+    assert_eq!(
+        h.get(&c.challenge_id).await.status,
+        st(S::Pending),
+        "nothing changed"
+    );
+    alice
+        .respond(&d, &approve(&c.number_match_code))
+        .await
+        .unwrap();
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn revoked_device_cannot_answer_and_gets_no_new_challenges() {
+    let h = Harness::start().await;
+    let old = h.enroll("jack").await;
+    let new = h.enroll("jack").await;
+    let c = h.create("jack", ENTER, 0).await;
+    let d = details(&old, &c.challenge_id).await;
+    let revoked = h
+        .enrollment()
+        .revoke_device(h.req(pb::RevokeDeviceRequest {
+            device_id: old.device_id().into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .device
+        .unwrap();
+    assert!(revoked.revoked && !revoked.push_enabled);
+    assert_eq!(
+        code_of(old.respond(&d, &approve(&c.number_match_code)).await),
+        Code::PermissionDenied
+    );
+    assert_eq!(code_of(old.pending().await), Code::PermissionDenied);
+    assert_eq!(h.get(&c.challenge_id).await.status, st(S::Pending));
+
+    let c2 = h.create("jack", ENTER, 0).await;
+    assert_eq!(c2.devices_notified, 1, "only the active device");
+    let d2 = details(&new, &c2.challenge_id).await;
+    new.respond(&d2, &approve(&c2.number_match_code))
+        .await
+        .unwrap();
+
+    h.enrollment()
+        .revoke_device(h.req(pb::RevokeDeviceRequest {
+            device_id: new.device_id().into(),
+        }))
+        .await
+        .unwrap();
+    let none = h
+        .challenges()
+        .create_challenge(h.req(Harness::login_request("jack", ENTER, 0)))
+        .await;
+    assert_eq!(status_of(none).code(), Code::FailedPrecondition);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn watch_stream_sees_the_verdict_from_the_device() {
+    let h = Harness::start().await;
+    let phone = h.enroll("kim").await;
+    let c = h.create("kim", ENTER, 0).await;
+    let mut watch = h
+        .challenges()
+        .watch_challenge(h.req(pb::WatchChallengeRequest {
+            challenge_id: c.challenge_id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        st(S::Pending)
+    );
+    let d = details(&phone, &c.challenge_id).await;
+    phone
+        .respond(&d, &approve(&c.number_match_code))
+        .await
+        .unwrap();
+    let update = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("verdict within 5 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(update.status, st(S::Approved));
+    assert_eq!(update.answered_by_device_id, phone.device_id());
+    assert!(watch.message().await.unwrap().is_none());
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn polling_fallback_lists_live_challenges_only() {
+    let h = Harness::start().await;
+    let phone = h.enroll("lea").await;
+    assert!(phone.pending().await.unwrap().is_empty());
+    let c1 = h.create("lea", ENTER, 0).await;
+    let c2 = h.create("lea", NONE, 0).await;
+    let ids: Vec<String> = phone
+        .pending()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.challenge_id)
+        .collect();
+    assert_eq!(ids, vec![c1.challenge_id.clone(), c2.challenge_id.clone()]);
+    let d = details(&phone, &c2.challenge_id).await;
+    phone.respond(&d, &approve("")).await.unwrap();
+    let ids: Vec<String> = phone
+        .pending()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.challenge_id)
+        .collect();
+    assert_eq!(ids, vec![c1.challenge_id]);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn dead_token_disables_only_that_device_until_it_registers_a_new_one() {
+    let h = Harness::start().await;
+    let mut dead = h
+        .enroll_with("max", KeyAlgorithm::EcdsaP256Sha256, "dead:expired-token")
+        .await;
+    let healthy = h.enroll("max").await;
+    let mut inbox = healthy.push_inbox().await.unwrap();
+    let c = h.create("max", ENTER, 0).await;
+    assert_eq!(next_push(&healthy, &mut inbox).await, c.challenge_id);
+
+    let list = || async {
+        h.enrollment()
+            .list_devices(h.req(pb::ListDevicesRequest {
+                user_id: "max".into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .devices
+    };
+    let mut disabled = false;
+    for _ in 0..100 {
+        let devices = list().await;
+        let d = devices
+            .iter()
+            .find(|d| d.device_id == dead.device_id())
+            .unwrap();
+        if !d.push_enabled {
+            disabled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(disabled, "dead token disabled push for that device");
+    assert!(
+        list()
+            .await
+            .iter()
+            .find(|d| d.device_id == healthy.device_id())
+            .unwrap()
+            .push_enabled
+    );
+    // The dead device can still poll and answer.
+    assert_eq!(dead.pending().await.unwrap().len(), 1);
+
+    dead.update_push_token("fresh-token").await.unwrap();
+    assert!(list().await.iter().all(|d| d.push_enabled));
+    let mut fresh_inbox = dead.push_inbox().await.unwrap();
+    let c2 = h.create("max", ENTER, 0).await;
+    assert_eq!(next_push(&dead, &mut fresh_inbox).await, c2.challenge_id);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn ed25519_device_logs_in() {
+    let h = Harness::start().await;
+    let phone = h
+        .enroll_with("nina", KeyAlgorithm::Ed25519, "ed-token")
+        .await;
+    let c = h.create("nina", ENTER, 0).await;
+    let d = details(&phone, &c.challenge_id).await;
+    let r = phone
+        .respond(&d, &approve(&c.number_match_code))
+        .await
+        .unwrap();
+    assert_eq!(r.status, st(S::Approved));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_first_challenge() {
+    let h = Harness::start().await;
+    let _phone = h.enroll("otto").await;
+    let mut req = Harness::login_request("otto", ENTER, 0);
+    req.options.as_mut().unwrap().idempotency_key = "login-attempt-1".into();
+    let a = h
+        .challenges()
+        .create_challenge(h.req(req.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .challenge
+        .unwrap();
+    let b = h
+        .challenges()
+        .create_challenge(h.req(req.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .challenge
+        .unwrap();
+    assert_eq!(a.challenge_id, b.challenge_id);
+    assert_eq!(a.number_match_code, b.number_match_code);
+    assert_eq!(h.simulator.delivered(), 1, "one push, not two");
+    let _other_phone = h.enroll("someone-else").await;
+    req.user_id = "someone-else".into();
+    let clash = h.challenges().create_challenge(h.req(req)).await;
+    assert_eq!(status_of(clash).code(), Code::InvalidArgument);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let h = Harness::start().await;
+    let mut health = HealthClient::new(h.channel.clone());
+    for svc in [
+        "",
+        "sesame.tenant.v1.ChallengeService",
+        "sesame.device.v1.DeviceService",
+    ] {
+        let r = health
+            .check(HealthCheckRequest {
+                service: svc.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status, 1, "{svc} is SERVING");
+    }
+    h.shutdown().await;
+}
