@@ -22,7 +22,7 @@ fn generate(out: &Path) {
         .build_server(true)
         .out_dir(out)
         .file_descriptor_set_path(out.join("descriptor.bin"))
-        .compile_with_config(config, &files, &[root.clone()])
+        .compile_with_config(config, &files, std::slice::from_ref(&root))
         .expect("protoc + tonic-prost-build");
 }
 

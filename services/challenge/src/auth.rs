@@ -19,11 +19,14 @@ use crate::apikey;
 pub const CACHE_TTL: Duration = Duration::from_secs(10);
 const CACHE_MAX: usize = 10_000;
 
+/// A verified key: (SHA-256 of its secret, its tenant, when it was read from storage).
+type CachedKey = ([u8; 32], TenantId, Instant);
+
 #[derive(Clone)]
 pub struct TenantAuth {
     storage: Arc<dyn Storage>,
-    /// key id -> (secret hash, tenant, verified at)
-    cache: Arc<DashMap<String, ([u8; 32], TenantId, Instant)>>,
+    /// key id -> verified key
+    cache: Arc<DashMap<String, CachedKey>>,
 }
 
 impl TenantAuth {

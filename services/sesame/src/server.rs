@@ -232,7 +232,18 @@ impl Sesame {
             .add_optional_service(device)
             .add_optional_service(inbox)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                // `tcp_nodelay` above applies only to listeners tonic binds
+                // itself; set it on each accepted socket, or Nagle's algorithm
+                // and delayed ACKs add ~40 ms to small responses.
+                tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    |conn| {
+                        conn.and_then(|c| {
+                            c.set_nodelay(true)?;
+                            Ok(c)
+                        })
+                    },
+                ),
                 async {
                     let _ = stop_rx.await;
                     let _ = drain_started_tx.send(());

@@ -102,7 +102,7 @@ async fn worker(url: String, key: String, n: usize, acked: Arc<Mutex<Acknowledge
         };
         acked
             .lock()
-            .unwrap()
+            .expect("lock")
             .devices
             .push((user.clone(), phone.device_id().to_owned()));
         let request = pb::CreateChallengeRequest {
@@ -143,7 +143,7 @@ async fn worker(url: String, key: String, n: usize, acked: Arc<Mutex<Acknowledge
         };
         acked
             .lock()
-            .unwrap()
+            .expect("lock")
             .verdicts
             .push((c.challenge_id, resp.status));
     }
@@ -168,7 +168,7 @@ async fn sigkill_mid_run_loses_no_acknowledged_enrollment_or_verdict() {
         .collect();
     // Let real traffic build up, then kill without warning, mid-flight.
     for _ in 0..400 {
-        if acked.lock().unwrap().verdicts.len() >= 40 {
+        if acked.lock().expect("lock").verdicts.len() >= 40 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -178,7 +178,7 @@ async fn sigkill_mid_run_loses_no_acknowledged_enrollment_or_verdict() {
     for w in workers {
         let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
     }
-    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    let acked = std::mem::take(&mut *acked.lock().expect("lock"));
     assert!(
         acked.verdicts.len() >= 10,
         "workload ran before the kill: {}",
@@ -235,4 +235,46 @@ async fn sigkill_mid_run_loses_no_acknowledged_enrollment_or_verdict() {
     );
     server.kill().expect("stop");
     let _ = server.wait();
+}
+
+/// The README's quick start, with the real binaries: `sesame serve` in a
+/// fresh directory, then `sesame demo --server URL` from the same directory
+/// finds the development key by itself and reaches APPROVED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_start_demo_reaches_approved() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_sesame"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(dir.path())
+        .env("SESAME_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn sesame serve");
+    wait_ready(&url).await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sesame"))
+        .args(["demo", "--server", &url])
+        .current_dir(dir.path())
+        .env_remove("SESAME_API_KEY")
+        .output()
+        .await
+        .expect("run sesame demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("push received"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("verdict: APPROVED"), "{stdout}");
+    // SIGTERM drains and exits cleanly.
+    let pid = server.id().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill -TERM");
+    let status = server.wait().expect("wait");
+    assert!(status.success(), "serve exited with {status}");
 }

@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
+
 //! The conformance suite every storage backend must pass. Each case is a
 //! plain async function over `Arc<dyn Storage>`; [`storage_suite!`] expands
 //! to one `#[tokio::test]` per case for a given constructor, so the same code

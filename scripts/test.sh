@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The README's test command: format, lints, and every test of the workspace
+# (unit, storage conformance, proto drift, end-to-end over loopback gRPC,
+# SIGKILL durability). Benchmarks are separate: `cargo bench`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
