@@ -545,5 +545,35 @@ async fn health_and_reflection_are_served() {
             .into_inner();
         assert_eq!(r.status, 1, "{svc} is SERVING");
     }
+
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = ServerReflectionClient::new(h.channel.clone())
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reflection reply {reply:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for svc in [
+        "sesame.tenant.v1.EnrollmentService",
+        "sesame.tenant.v1.ChallengeService",
+        "sesame.device.v1.DeviceService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == svc),
+            "{svc} missing from {names:?}"
+        );
+    }
     h.shutdown().await;
 }
