@@ -12,8 +12,8 @@ use sesame_core::time::now_ms;
 use sesame_core::{number_match, payload, validate, ChallengeId, TenantId};
 use sesame_grpc::{convert, ApiError};
 use sesame_proto::tenant::v1 as pb;
-use sesame_queue::{Event, PushJob, Queue};
-use sesame_storage::{Created, Storage};
+use sesame_queue::{Event, PushJob, Queue, QueueError};
+use sesame_storage::{Created, Storage, StorageError};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -118,6 +118,14 @@ impl ChallengeApi {
             )));
         }
 
+        let pushable = devices
+            .iter()
+            .filter(|d| d.push_enabled && !d.push_token.is_empty())
+            .count();
+        if !self.queue.has_room_for_pushes(pushable) {
+            return Err(QueueError::Full("push jobs").into());
+        }
+
         let now = now_ms();
         let challenge = Challenge {
             id: ChallengeId::generate(),
@@ -168,16 +176,23 @@ impl ChallengeApi {
                 device_id: None,
                 at: now_ms(),
             };
-            let _ = self
+            if let Err(cancel_err) = self
                 .storage
                 .resolve_challenge(&challenge.id, &cancel, now_ms())
-                .await;
+                .await
+            {
+                // Still answerable by polling; it expires at its TTL.
+                tracing::error!(error = %cancel_err, challenge_id = %challenge.id, "cannot cancel a challenge whose pushes were refused");
+            }
             return Err(e.into());
         }
         tracing::debug!(tenant = %tenant, challenge_id = %challenge.id, "challenge created");
         Ok(challenge)
     }
 }
+
+/// How often a watch stream re-reads its challenge without being woken.
+pub const WATCH_RESYNC: Duration = Duration::from_secs(5);
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Challenge, Status>> + Send>>;
 
@@ -215,25 +230,23 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
         let storage = self.storage.clone();
         let watch = self.hub.watch(&first.id);
         let mut shutdown = self.shutdown.clone();
+        let id = first.id.clone();
         tokio::spawn(async move {
             let mut last: Option<ChallengeStatus> = None;
-            let mut current = first;
             loop {
-                let notified = watch.notify.notified();
+                let notified = watch.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                // Re-read after registering, so a change between the read and
-                // the wait cannot be missed.
-                if last.is_some() {
-                    match storage.get_challenge(&current.id).await {
-                        Ok(Some(c)) => current = c,
-                        Ok(None) => return,
-                        Err(e) => {
-                            let _ = tx.send(Err(Status::from(ApiError::from(e)))).await;
-                            return;
-                        }
+                // Read only after registering for wake-ups: a verdict written
+                // between the read and the wait then still wakes us.
+                let current = match storage.get_challenge(&id).await {
+                    Ok(Some(c)) => c,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(ApiError::from(e)))).await;
+                        return;
                     }
-                }
+                };
                 let now = now_ms();
                 let status = current.status(now);
                 if last != Some(status) {
@@ -249,6 +262,9 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
                 tokio::select! {
                     _ = notified => {}
                     _ = tokio::time::sleep(until_expiry) => {}
+                    // Storage is the truth: re-read now and then even without
+                    // an event, so a lost event costs seconds, not the whole TTL.
+                    _ = tokio::time::sleep(WATCH_RESYNC) => {}
                     _ = tx.closed() => return,
                     _ = shutdown.wait() => {
                         let _ = tx.send(Err(Status::unavailable("server shutting down; watch again"))).await;
@@ -274,16 +290,21 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
             device_id: None,
             at: now,
         };
-        let c = self
-            .storage
-            .resolve_challenge(&c.id, &resolution, now)
-            .await
-            .map_err(ApiError::from)?;
-        let _ = self.queue.publish_event(Event::Verdict {
-            tenant_id: tenant,
-            challenge_id: c.id.clone(),
-            status: ChallengeStatus::Cancelled.into(),
-        });
+        // Resolve and announce in a task of its own: if this call is cancelled
+        // after the commit, the event must still go out.
+        let (storage, queue) = (self.storage.clone(), self.queue.clone());
+        let c = tokio::spawn(async move {
+            let c = storage.resolve_challenge(&c.id, &resolution, now).await?;
+            let _ = queue.publish_event(Event::Verdict {
+                tenant_id: tenant,
+                challenge_id: c.id.clone(),
+                status: ChallengeStatus::Cancelled.into(),
+            });
+            Ok::<_, StorageError>(c)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("cancel task failed: {e}")))?
+        .map_err(ApiError::from)?;
         Ok(Response::new(challenge_out(&c, now)))
     }
 }

@@ -289,25 +289,36 @@ impl SimDevice {
         answer: &Answer,
     ) -> Result<pb::RespondRequest> {
         let hash = Self::displayed_context_hash(details)?;
-        let ts = now_ms();
+        Ok(self.sign_answer_fields(&details.challenge_id, answer, &hash, now_ms()))
+    }
+
+    /// Signs exactly the given fields, trusting the caller (tests use it to
+    /// sign what a misbehaving app would).
+    pub fn sign_answer_fields(
+        &self,
+        challenge_id: &str,
+        answer: &Answer,
+        context_hash: &[u8],
+        timestamp: i64,
+    ) -> pb::RespondRequest {
         let msg = AnswerPayload {
-            challenge_id: &details.challenge_id,
+            challenge_id,
             device_id: &self.identity.device_id,
             decision: answer.decision,
             number_match_answer: &answer.number,
-            context_hash: &hash,
-            timestamp: ts,
+            context_hash,
+            timestamp,
         }
         .encode();
-        Ok(pb::RespondRequest {
+        pb::RespondRequest {
             device_id: self.identity.device_id.clone(),
-            challenge_id: details.challenge_id.clone(),
+            challenge_id: challenge_id.to_owned(),
             decision: convert::decision_out(answer.decision),
             number_match_answer: answer.number.clone(),
-            context_hash: hash.to_vec(),
-            timestamp_unix_ms: ts,
+            context_hash: context_hash.to_vec(),
+            timestamp_unix_ms: timestamp,
             signature: self.key.sign(&msg),
-        })
+        }
     }
 
     pub async fn send_answer(&self, req: pb::RespondRequest) -> Result<pb::RespondResponse> {

@@ -75,14 +75,17 @@ pub struct Dispatcher {
 }
 
 /// Delay before retry number `attempt` (1-based): `Retry-After` when the
-/// provider gave one, else full-jitter exponential backoff.
+/// provider gave one (never shortened), else full-jitter exponential backoff
+/// capped at `max_backoff`.
 pub fn retry_delay(
     config: &DispatcherConfig,
     attempt: u32,
     retry_after: Option<Duration>,
 ) -> Duration {
     if let Some(d) = retry_after {
-        return d.min(config.max_backoff);
+        // The provider's word wins; the caller still never waits past the
+        // challenge's expiry.
+        return d;
     }
     let exp = config
         .base_backoff
@@ -296,9 +299,10 @@ mod tests {
             retry_delay(&c, 3, Some(Duration::from_secs(2))),
             Duration::from_secs(2)
         );
+        // Never shorter than the provider asked (the expiry still bounds the wait).
         assert_eq!(
             retry_delay(&c, 1, Some(Duration::from_secs(99))),
-            c.max_backoff
+            Duration::from_secs(99)
         );
         for a in 1..30 {
             assert!(retry_delay(&c, a, None) <= c.max_backoff);

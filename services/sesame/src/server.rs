@@ -31,6 +31,10 @@ use crate::inbox::InboxApi;
 pub const DEV_TENANT: &str = "dev";
 /// Its API key file, inside the data directory.
 pub const DEV_KEY_FILE: &str = "dev-tenant.key";
+const ENROLLMENT_SERVICE: &str = "sesame.tenant.v1.EnrollmentService";
+const CHALLENGE_SERVICE: &str = "sesame.tenant.v1.ChallengeService";
+const DEVICE_SERVICE: &str = "sesame.device.v1.DeviceService";
+
 /// Largest request message accepted, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
@@ -203,6 +207,7 @@ impl Sesame {
         // The simulator's inbox is served wherever pushes are simulated.
         let inbox = (config.push_provider == "simulator").then(|| {
             PushInboxServer::new(InboxApi::new(simulator.clone(), streams_shutdown.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
         });
 
         let addr = listener.local_addr()?;
@@ -212,9 +217,11 @@ impl Sesame {
         tokio::spawn(async move {
             shutdown.await;
             // Readiness goes first, so load balancers stop sending new calls.
-            health_for_drain
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
+            for service in ["", ENROLLMENT_SERVICE, CHALLENGE_SERVICE, DEVICE_SERVICE] {
+                health_for_drain
+                    .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
             // Long-lived streams end now; unary calls in flight finish.
             stop_streams.fire();
             let _ = stop_tx.send(());

@@ -496,7 +496,8 @@ async fn ed25519_device_logs_in() {
 #[tokio::test]
 async fn idempotency_key_returns_the_first_challenge() {
     let h = Harness::start().await;
-    let _phone = h.enroll("otto").await;
+    let phone = h.enroll("otto").await;
+    let mut inbox = phone.push_inbox().await.unwrap();
     let mut req = Harness::login_request("otto", ENTER, 0);
     req.options.as_mut().unwrap().idempotency_key = "login-attempt-1".into();
     let a = h
@@ -517,6 +518,9 @@ async fn idempotency_key_returns_the_first_challenge() {
         .unwrap();
     assert_eq!(a.challenge_id, b.challenge_id);
     assert_eq!(a.number_match_code, b.number_match_code);
+    assert_eq!(next_push(&phone, &mut inbox).await, a.challenge_id);
+    // Had the retry queued a second push, it would be delivered by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(h.simulator.delivered(), 1, "one push, not two");
     let _other_phone = h.enroll("someone-else").await;
     req.user_id = "someone-else".into();

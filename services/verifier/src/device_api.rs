@@ -54,15 +54,15 @@ fn details_out(c: &Challenge, now: i64) -> pb::ChallengeDetails {
 }
 
 fn check_skew(field: &str, ts: i64, now: i64) -> Result<(), ApiError> {
-    let skew = ts.saturating_sub(now);
-    if skew.abs() > MAX_CLOCK_SKEW_MS {
-        return Err(ApiError::Unauthenticated(format!(
-            "{field} is {} s away from the server's clock (at most {} s allowed): check the phone's time",
-            skew / 1000,
+    // Any i64 can arrive here before the signature is checked: no overflow.
+    let skew_ms = ts.checked_sub(now).map(i64::unsigned_abs);
+    match skew_ms {
+        Some(s) if s <= MAX_CLOCK_SKEW_MS.unsigned_abs() => Ok(()),
+        _ => Err(ApiError::Unauthenticated(format!(
+            "{field} is more than {} s away from the server's clock: check the phone's time",
             MAX_CLOCK_SKEW_MS / 1000
-        )));
+        ))),
     }
-    Ok(())
 }
 
 fn signature_field(field: &'static str, sig: &[u8]) -> Result<(), ApiError> {
@@ -334,16 +334,25 @@ impl DeviceApi {
             device_id: Some(device.id.clone()),
             at: now,
         };
-        let resolved = self
-            .storage
-            .resolve_challenge(&challenge.id, &resolution, now)
-            .await?;
+        // Resolve and announce in a task of its own: if this call is
+        // cancelled after the commit, watchers must still hear of it.
+        let (storage, queue, id) = (
+            self.storage.clone(),
+            self.queue.clone(),
+            challenge.id.clone(),
+        );
+        let resolved = tokio::spawn(async move {
+            let resolved = storage.resolve_challenge(&id, &resolution, now).await?;
+            let _ = queue.publish_event(Event::Verdict {
+                tenant_id: resolved.tenant_id.clone(),
+                challenge_id: resolved.id.clone(),
+                status: resolved.status(now).into(),
+            });
+            Ok::<_, StorageError>(resolved)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("answer task failed: {e}")))??;
         let status = resolved.status(now);
-        let _ = self.queue.publish_event(Event::Verdict {
-            tenant_id: resolved.tenant_id.clone(),
-            challenge_id: resolved.id.clone(),
-            status: status.into(),
-        });
         if outcome == Outcome::Denied(DenyReason::FraudReported) {
             tracing::warn!(tenant = %resolved.tenant_id, challenge_id = %resolved.id, "fraud reported by the user");
         }
@@ -429,5 +438,21 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         Ok(Response::new(
             self.respond_inner(request.into_inner()).await?,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skew_check_never_overflows() {
+        let now = 1_700_000_000_000;
+        assert!(check_skew("t", now, now).is_ok());
+        assert!(check_skew("t", now + MAX_CLOCK_SKEW_MS, now).is_ok());
+        assert!(check_skew("t", now - MAX_CLOCK_SKEW_MS - 1, now).is_err());
+        assert!(check_skew("t", i64::MIN, now).is_err());
+        assert!(check_skew("t", i64::MAX, now).is_err());
+        assert!(check_skew("t", i64::MIN, i64::MAX).is_err());
     }
 }

@@ -80,10 +80,18 @@ mod tests {
     }
 
     #[test]
-    fn remembered_across_one_rotation() {
-        let g = ReplayGuard::new(Duration::from_millis(1), 10);
+    fn remembered_for_a_rotation_then_forgotten() {
+        let g = ReplayGuard::new(Duration::from_millis(5), 10); // rotates every 10 ms
         assert_eq!(g.check([1; 32]), ReplayVerdict::Fresh);
-        std::thread::sleep(Duration::from_millis(3));
+        std::thread::sleep(Duration::from_millis(12));
+        assert_eq!(g.check([2; 32]), ReplayVerdict::Fresh); // rotation 1: [1] now "previous"
         assert_eq!(g.check([1; 32]), ReplayVerdict::Replayed);
+        std::thread::sleep(Duration::from_millis(12));
+        assert_eq!(g.check([3; 32]), ReplayVerdict::Fresh); // rotation 2: [1] dropped
+        assert_eq!(
+            g.check([1; 32]),
+            ReplayVerdict::Fresh,
+            "memory is bounded in time"
+        );
     }
 }

@@ -51,7 +51,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<ChallengeStatus> {
         enrollment.enrollment_uri
     ));
 
-    let push_token = format!("sim-{}", random_suffix());
+    let push_token = super::simulated_push_token();
     let device = SimDevice::enroll(
         channel.clone(),
         &opts.server,

@@ -22,7 +22,7 @@ pub async fn enroll(
 ) -> anyhow::Result<()> {
     let (url, token) = sesame_device_sim::parse_enrollment_uri(uri)?;
     let channel = sesame_device_sim::connect(&url).await?;
-    let push_token = format!("sim-{}", super::random_suffix());
+    let push_token = super::simulated_push_token();
     let device = SimDevice::enroll(channel, &url, &token, alg, platform, &push_token, name).await?;
     device.identity.save(key_file)?;
     println!(

@@ -44,3 +44,11 @@ pub fn random_suffix() -> String {
     let b = sesame_core::ids::random_bytes::<4>();
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// A push token for a simulated phone: 128 random bits, so that nobody can
+/// guess it and read that phone's pushes from the simulator's inbox.
+pub fn simulated_push_token() -> String {
+    let b = sesame_core::ids::random_bytes::<16>();
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("sim-{hex}")
+}

@@ -37,6 +37,31 @@ proptest! {
         }
     }
 
+    /// Arbitrary signature bytes against a real key of each kind: refused, never a panic.
+    #[test]
+    fn verify_with_valid_keys_never_panics(sig in prop::collection::vec(any::<u8>(), 0..300)) {
+        for alg in [KeyAlgorithm::EcdsaP256Sha256, KeyAlgorithm::Ed25519] {
+            let sk = SigningKey::generate(alg);
+            let pk = PublicKey::parse(alg, &sk.public_key_bytes()).unwrap();
+            prop_assert!(pk.verify(b"message", &sig).is_err());
+        }
+    }
+
+    /// DER-shaped garbage (a SEQUENCE of two INTEGERs with random content).
+    #[test]
+    fn der_shaped_signatures_never_panic(
+        r in prop::collection::vec(any::<u8>(), 1..40),
+        s in prop::collection::vec(any::<u8>(), 1..40),
+    ) {
+        let mut der = vec![0x30, (r.len() + s.len() + 4) as u8, 0x02, r.len() as u8];
+        der.extend_from_slice(&r);
+        der.extend_from_slice(&[0x02, s.len() as u8]);
+        der.extend_from_slice(&s);
+        let sk = SigningKey::generate(KeyAlgorithm::EcdsaP256Sha256);
+        let pk = PublicKey::parse(KeyAlgorithm::EcdsaP256Sha256, &sk.public_key_bytes()).unwrap();
+        prop_assert!(pk.verify(b"message", &der).is_err());
+    }
+
     /// A valid key never accepts a mutated signature or message.
     #[test]
     fn mutations_do_not_verify(flip in 0usize..64, msg in prop::collection::vec(any::<u8>(), 1..64)) {

@@ -6,6 +6,10 @@
 //! (at most [`MAILBOX_CAPACITY`] per token) and a bounded number of
 //! mailboxes, so memory does not grow with traffic. Tokens starting with
 //! [`DEAD_TOKEN_PREFIX`] behave like unregistered devices.
+//!
+//! The inbox is for development and tests: whoever knows a push token can
+//! read that phone's pushes (which carry only a challenge id). Production
+//! deployments configure APNs/FCM, and then no inbox is served.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,8 +27,10 @@ use crate::{PushOutcome, PushProvider, ALERT_BODY, ALERT_TITLE};
 pub const DEAD_TOKEN_PREFIX: &str = "dead:";
 /// Pushes kept per offline phone.
 pub const MAILBOX_CAPACITY: usize = 16;
-/// Mailboxes kept; past this, pushes to new tokens are accepted and dropped.
-pub const MAX_MAILBOXES: usize = 1_000_000;
+/// Mailboxes kept. Past this, pushes to new tokens fail (like a provider
+/// refusing) and subscriptions to new tokens are refused: memory stays bounded
+/// even if someone subscribes to made-up tokens.
+pub const MAX_MAILBOXES: usize = 100_000;
 
 /// What the phone receives.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -131,6 +131,10 @@ pub enum EventError {
 pub trait Queue: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
+    /// Whether `n` more push jobs would fit now. A hint checked before a
+    /// challenge is stored, so overload is refused before anything is written.
+    fn has_room_for_pushes(&self, n: usize) -> bool;
+
     /// Enqueues all jobs of one challenge, or none: fails fast with `Full`
     /// when they do not fit, never blocks.
     fn publish_pushes(&self, jobs: Vec<PushJob>) -> Result<(), QueueError>;

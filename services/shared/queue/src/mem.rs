@@ -28,6 +28,9 @@ impl Default for MemQueueConfig {
 }
 
 pub struct MemQueue {
+    /// Serialises publishers so that a challenge's jobs go in all together
+    /// or not at all (consumers never take it).
+    publish: std::sync::Mutex<()>,
     push_tx: async_channel::Sender<PushJob>,
     push_rx: async_channel::Receiver<PushJob>,
     events: broadcast::Sender<Event>,
@@ -38,6 +41,7 @@ impl MemQueue {
         let (push_tx, push_rx) = async_channel::bounded(config.push_capacity.max(1));
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
         MemQueue {
+            publish: std::sync::Mutex::new(()),
             push_tx,
             push_rx,
             events,
@@ -82,15 +86,22 @@ impl Queue for MemQueue {
         "mem"
     }
 
+    fn has_room_for_pushes(&self, n: usize) -> bool {
+        let cap = self.push_tx.capacity().unwrap_or(usize::MAX);
+        self.push_tx.len().saturating_add(n) <= cap
+    }
+
     fn publish_pushes(&self, jobs: Vec<PushJob>) -> Result<(), QueueError> {
         if self.push_tx.is_closed() {
             return Err(QueueError::Closed);
         }
-        // Check room for all first, so a challenge's pushes go out together
-        // or not at all. Concurrent publishers may still race past the check
-        // by a few jobs; the channel's bound then refuses the excess.
-        let cap = self.push_tx.capacity().unwrap_or(usize::MAX);
-        if self.push_tx.len() + jobs.len() > cap {
+        let _guard = self
+            .publish
+            .lock()
+            .map_err(|_| QueueError::Backend("publisher lock poisoned".into()))?;
+        // Under the lock only consumers run concurrently, and they only make
+        // room: if all jobs fit now, every `try_send` below succeeds.
+        if !self.has_room_for_pushes(jobs.len()) {
             return Err(QueueError::Full("push jobs"));
         }
         for job in jobs {

@@ -96,6 +96,17 @@ type Job = Box<dyn FnOnce(&WriteTransaction) -> (Completion, bool) + Send>;
 pub struct EmbeddedStorage {
     db: Arc<Database>,
     jobs: mpsc::SyncSender<Job>,
+    /// False once the writer thread has exited: health checks must fail then.
+    writer_alive: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Clears the liveness flag when the writer thread exits, however it exits.
+struct AliveGuard(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 fn backend(e: impl std::fmt::Display) -> StorageError {
@@ -134,10 +145,11 @@ fn expiry_key(expires_at: UnixMillis, id: &ChallengeId) -> Vec<u8> {
     k
 }
 
-/// Everything in `[prefix, prefix+0xff...)`: keys are text with \0 separators.
+/// Keys under `prefix` are `prefix \0 rest` (text never contains \0), so
+/// they all lie in `[prefix \0, prefix \x01)`; `prefix2...` lies outside.
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
-    end.push(0xff);
+    end.push(1);
     end
 }
 
@@ -195,11 +207,20 @@ impl EmbeddedStorage {
             Durability::Eventual
         };
         let max_batch = config.max_batch.max(1);
+        let writer_alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let guard = AliveGuard(writer_alive.clone());
         std::thread::Builder::new()
             .name("sesame-storage-writer".into())
-            .spawn(move || writer_loop(&writer_db, &rx, durability, max_batch))
+            .spawn(move || {
+                let _guard = guard;
+                writer_loop(&writer_db, &rx, durability, max_batch)
+            })
             .map_err(backend)?;
-        Ok(EmbeddedStorage { db, jobs: tx })
+        Ok(EmbeddedStorage {
+            db,
+            jobs: tx,
+            writer_alive,
+        })
     }
 
     pub fn path_in(dir: &Path) -> PathBuf {
@@ -215,7 +236,12 @@ impl EmbeddedStorage {
         let (tx, rx) = futures_channel::oneshot::channel::<Result<R>>();
         let job: Job = Box::new(move |txn| {
             let res = f(txn);
-            let fatal = matches!(res, Err(StorageError::Backend(_)));
+            // A closure that failed this way may have written part of its
+            // change: the whole batch must not commit.
+            let fatal = matches!(
+                res,
+                Err(StorageError::Backend(_) | StorageError::Corrupt { .. })
+            );
             let completion: Completion = Box::new(move |commit_err| {
                 let out = match commit_err {
                     Some(e) => Err(e.clone()),
@@ -270,9 +296,19 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, durability: Durability, 
         let mut completions = Vec::with_capacity(batch.len());
         let mut failed = false;
         for job in batch {
-            let (completion, fatal) = job(&txn);
-            failed |= fatal;
-            completions.push(completion);
+            // A panicking closure must not take the writer (and so every
+            // later write) down: its caller sees its reply channel dropped
+            // (`Unavailable`) and the batch is aborted.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&txn))) {
+                Ok((completion, fatal)) => {
+                    failed |= fatal;
+                    completions.push(completion);
+                }
+                Err(_) => {
+                    tracing::error!("embedded store write panicked; aborting its batch");
+                    failed = true;
+                }
+            }
         }
         let commit_err = if failed {
             let _ = txn.abort();
@@ -298,6 +334,11 @@ impl Storage for EmbeddedStorage {
     }
 
     async fn health_check(&self) -> Result<()> {
+        if !self.writer_alive.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StorageError::Unavailable(
+                "embedded store writer has stopped".into(),
+            ));
+        }
         let txn = self.db.begin_read().map_err(backend)?;
         txn.open_table(TENANTS).map_err(backend)?;
         Ok(())
@@ -593,7 +634,18 @@ impl Storage for EmbeddedStorage {
             };
             for k in expired {
                 let id = &k[8..];
-                if let Some(c) = get_in::<Challenge>(txn, CHALLENGES, id)? {
+                let c = match get_in::<Challenge>(txn, CHALLENGES, id) {
+                    Ok(c) => c,
+                    // Keep the undecodable record for inspection, but do not
+                    // let it block every later purge.
+                    Err(StorageError::Corrupt { message, .. }) => {
+                        tracing::error!(%message, "corrupt challenge record left in place by purge");
+                        remove_in(txn, CHALLENGE_EXPIRY, &k)?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                if let Some(c) = c {
                     if let Some(key) = &c.idempotency_key {
                         remove_in(txn, IDEMPOTENCY, &key2(c.tenant_id.as_str(), key))?;
                     }

@@ -172,6 +172,62 @@ pub async fn device_limit_per_user(s: Store) {
     }
 }
 
+/// Many concurrent completions of one token: exactly one device is stored.
+pub async fn enrollment_token_race_has_one_winner(s: Store) {
+    let t = fresh_tenant();
+    let token = sesame_core::ids::random_bytes::<32>();
+    s.create_enrollment(&EnrollmentTicket {
+        token_sha256: token,
+        tenant_id: t.clone(),
+        user_id: "racer".into(),
+        created_at: now_ms(),
+        expires_at: now_ms() + 60_000,
+    })
+    .await
+    .unwrap();
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let (s, t) = (s.clone(), t.clone());
+            tokio::spawn(async move {
+                s.complete_enrollment(&token, &device(&t, "racer", i), 16)
+                    .await
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(()) => ok += 1,
+            Err(StorageError::Conflict(_)) => {}
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(s.list_devices(&t, "racer").await.unwrap().len(), 1);
+}
+
+/// Revoked devices do not count toward the per-user limit.
+pub async fn revoked_devices_free_their_slot(s: Store) {
+    let t = fresh_tenant();
+    let first = device(&t, "dana", 1);
+    enroll(&s, &first).await;
+    s.revoke_device(&t, &first.id, 5).await.unwrap();
+    let token = sesame_core::ids::random_bytes::<32>();
+    s.create_enrollment(&EnrollmentTicket {
+        token_sha256: token,
+        tenant_id: t.clone(),
+        user_id: "dana".into(),
+        created_at: 0,
+        expires_at: now_ms() + 60_000,
+    })
+    .await
+    .unwrap();
+    s.complete_enrollment(&token, &device(&t, "dana", 2), 1)
+        .await
+        .unwrap();
+    assert_eq!(s.list_devices(&t, "dana").await.unwrap().len(), 2);
+}
+
 pub async fn devices_listed_per_user_and_tenant(s: Store) {
     let (t1, t2) = (fresh_tenant(), fresh_tenant());
     let a1 = device(&t1, "alice", 1);
@@ -371,6 +427,8 @@ macro_rules! storage_suite {
             tenants_and_keys,
             enrollment_token_is_single_use,
             device_limit_per_user,
+            enrollment_token_race_has_one_winner,
+            revoked_devices_free_their_slot,
             devices_listed_per_user_and_tenant,
             revoke_is_tenant_scoped_and_idempotent,
             dead_token_only_disables_that_token,
