@@ -82,6 +82,11 @@ pub struct ChallengeOptions {
     /// bytes) returns the challenge created by the first call instead of a new one.
     #[prost(string, tag = "3")]
     pub idempotency_key: ::prost::alloc::string::String,
+    /// A user has at most one pending challenge. By default a new request while
+    /// one is pending is refused (RESOURCE_EXHAUSTED); with this set, the pending
+    /// one is cancelled and replaced (the prompt limit still applies).
+    #[prost(bool, tag = "4")]
+    pub replace_pending: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -147,6 +152,39 @@ pub struct WatchChallengeRequest {
 pub struct CancelChallengeRequest {
     #[prost(string, tag = "1")]
     pub challenge_id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetUserStatusRequest {
+    #[prost(string, tag = "1")]
+    pub user_id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UserStatus {
+    #[prost(string, tag = "1")]
+    pub user_id: ::prost::alloc::string::String,
+    /// Prompts (challenges) in the trailing window, and the limit.
+    #[prost(uint32, tag = "2")]
+    pub prompts_in_window: u32,
+    #[prost(uint32, tag = "3")]
+    pub prompt_limit: u32,
+    #[prost(uint32, tag = "4")]
+    pub prompt_window_seconds: u32,
+    /// The challenge holding the user's one pending slot, if still pending.
+    #[prost(string, tag = "5")]
+    pub pending_challenge_id: ::prost::alloc::string::String,
+    /// Denials in the escalation window; at the threshold number matching is forced.
+    #[prost(uint32, tag = "6")]
+    pub recent_denials: u32,
+    #[prost(bool, tag = "7")]
+    pub number_match_forced: bool,
+    /// Set after "this wasn't me": no prompts until then (0: not muted).
+    #[prost(int64, tag = "8")]
+    pub muted_until_unix_ms: i64,
+    /// Set after too many denials: no prompts until then (0: not locked).
+    #[prost(int64, tag = "9")]
+    pub locked_until_unix_ms: i64,
 }
 /// Generated client implementations.
 pub mod enrollment_service_client {
@@ -822,6 +860,31 @@ pub mod challenge_service_client {
                 );
             self.inner.unary(req, path, codec).await
         }
+        /// What the push-bombing guard knows about a user: prompts in the window,
+        /// pending challenge, recent denials, mute ("this wasn't me") and lock.
+        pub async fn get_user_status(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetUserStatusRequest>,
+        ) -> std::result::Result<tonic::Response<super::UserStatus>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/sesame.tenant.v1.ChallengeService/GetUserStatus",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("sesame.tenant.v1.ChallengeService", "GetUserStatus"),
+                );
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -870,6 +933,12 @@ pub mod challenge_service_server {
             &self,
             request: tonic::Request<super::CancelChallengeRequest>,
         ) -> std::result::Result<tonic::Response<super::Challenge>, tonic::Status>;
+        /// What the push-bombing guard knows about a user: prompts in the window,
+        /// pending challenge, recent denials, mute ("this wasn't me") and lock.
+        async fn get_user_status(
+            &self,
+            request: tonic::Request<super::GetUserStatusRequest>,
+        ) -> std::result::Result<tonic::Response<super::UserStatus>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct ChallengeServiceServer<T> {
@@ -1117,6 +1186,52 @@ pub mod challenge_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = CancelChallengeSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/sesame.tenant.v1.ChallengeService/GetUserStatus" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetUserStatusSvc<T: ChallengeService>(pub Arc<T>);
+                    impl<
+                        T: ChallengeService,
+                    > tonic::server::UnaryService<super::GetUserStatusRequest>
+                    for GetUserStatusSvc<T> {
+                        type Response = super::UserStatus;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetUserStatusRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as ChallengeService>::get_user_status(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetUserStatusSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -7,12 +7,13 @@ use std::time::Duration;
 use sesame_core::limits::{
     DEFAULT_CHALLENGE_TTL_SECS, MAX_CHALLENGE_TTL_SECS, MIN_CHALLENGE_TTL_SECS,
 };
-use sesame_core::model::{Challenge, ChallengeStatus, Outcome, Resolution};
+use sesame_core::model::{Challenge, ChallengeStatus, NumberMatchMode, Outcome, Resolution};
 use sesame_core::time::now_ms;
 use sesame_core::{number_match, payload, validate, ChallengeId, TenantId};
 use sesame_grpc::{convert, ApiError};
 use sesame_proto::tenant::v1 as pb;
 use sesame_queue::{Event, PushJob, Queue, QueueError};
+use sesame_ratelimit::{rules, GuardError, Refusal, UserGuard};
 use sesame_storage::{Created, Storage, StorageError};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -24,6 +25,7 @@ pub struct ChallengeApi {
     queue: Arc<dyn Queue>,
     auth: TenantAuth,
     hub: WatchHub,
+    guard: Arc<UserGuard>,
     shutdown: Shutdown,
 }
 
@@ -54,12 +56,14 @@ impl ChallengeApi {
         queue: Arc<dyn Queue>,
         auth: TenantAuth,
         hub: WatchHub,
+        guard: Arc<UserGuard>,
     ) -> Self {
         ChallengeApi {
             storage,
             queue,
             auth,
             hub,
+            guard,
             shutdown: Shutdown::never(),
         }
     }
@@ -127,20 +131,89 @@ impl ChallengeApi {
         }
 
         let now = now_ms();
+        let id = ChallengeId::generate();
+        let expires_at = now + i64::from(ttl) * 1000;
+        let admission = match self
+            .guard
+            .admit(
+                &tenant,
+                &req.user_id,
+                &id,
+                expires_at,
+                now,
+                options.replace_pending,
+            )
+            .await
+        {
+            Ok(a) => a,
+            Err(GuardError::Refused(r @ Refusal::Pending { .. })) => {
+                // An idempotent retry of the pending challenge gets it back.
+                if let Refusal::Pending { challenge_id, .. } = &r {
+                    if !options.idempotency_key.is_empty() {
+                        if let Some(c) = self.storage.get_challenge(challenge_id).await? {
+                            if c.tenant_id == tenant
+                                && c.user_id == req.user_id
+                                && c.idempotency_key.as_deref() == Some(&options.idempotency_key)
+                            {
+                                return Ok(c);
+                            }
+                        }
+                    }
+                }
+                return Err(sesame_grpc::refusal(&r, now));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // Repeated denials: the user must prove they see the page.
+        let mode = if admission.number_match_forced && mode == NumberMatchMode::None {
+            NumberMatchMode::Enter
+        } else {
+            mode
+        };
         let challenge = Challenge {
-            id: ChallengeId::generate(),
+            id,
             tenant_id: tenant.clone(),
             user_id: req.user_id,
             context_hash: payload::context_hash(&context),
             context,
             number_match: number_match::generate(mode),
             created_at: now,
-            expires_at: now + i64::from(ttl) * 1000,
+            expires_at,
             idempotency_key: (!options.idempotency_key.is_empty())
                 .then_some(options.idempotency_key),
             devices: devices.iter().map(|d| d.id.clone()).collect(),
             resolution: None,
         };
+        let (tenant_id, user_id, id) = (
+            challenge.tenant_id.clone(),
+            challenge.user_id.clone(),
+            challenge.id.clone(),
+        );
+        match self.store_and_push(challenge, &devices).await {
+            Ok((c, true)) => {
+                if let Some(old) = admission.replaced {
+                    self.cancel_replaced(&tenant_id, &old).await;
+                }
+                Ok(c)
+            }
+            other => {
+                // Nothing new reached the user: give the prompt back.
+                if let Err(e) = self.guard.release(&tenant_id, &user_id, &id, now).await {
+                    tracing::warn!(error = %e, challenge_id = %id, "cannot release a guard admission");
+                }
+                other.map(|(c, _)| c)
+            }
+        }
+    }
+
+    /// Stores the challenge and queues its pushes. `(challenge, true)` for a
+    /// new one; `(earlier, false)` when the idempotency key named an earlier one.
+    async fn store_and_push(
+        &self,
+        challenge: Challenge,
+        devices: &[sesame_core::Device],
+    ) -> Result<(Challenge, bool), ApiError> {
+        let now = challenge.created_at;
         match self.storage.create_challenge(&challenge).await? {
             Created::New => {}
             Created::Existing(existing) => {
@@ -150,7 +223,7 @@ impl ChallengeApi {
                         "was already used for a challenge to another user",
                     ));
                 }
-                return Ok(*existing);
+                return Ok((*existing, false));
             }
         }
 
@@ -158,7 +231,7 @@ impl ChallengeApi {
             .iter()
             .filter(|d| d.push_enabled && !d.push_token.is_empty())
             .map(|d| PushJob {
-                tenant_id: tenant.clone(),
+                tenant_id: challenge.tenant_id.clone(),
                 device_id: d.id.clone(),
                 challenge_id: challenge.id.clone(),
                 platform: d.platform,
@@ -186,8 +259,32 @@ impl ChallengeApi {
             }
             return Err(e.into());
         }
-        tracing::debug!(tenant = %tenant, challenge_id = %challenge.id, "challenge created");
-        Ok(challenge)
+        tracing::debug!(tenant = %challenge.tenant_id, challenge_id = %challenge.id, "challenge created");
+        Ok((challenge, true))
+    }
+
+    /// Cancels the pending challenge a new one replaced (`replace_pending`).
+    async fn cancel_replaced(&self, tenant: &TenantId, old: &ChallengeId) {
+        let now = now_ms();
+        let cancel = Resolution {
+            outcome: Outcome::Cancelled,
+            device_id: None,
+            at: now,
+        };
+        match self.storage.resolve_challenge(old, &cancel, now).await {
+            Ok(_) => {
+                let _ = self.queue.publish_event(Event::Verdict {
+                    tenant_id: tenant.clone(),
+                    challenge_id: old.clone(),
+                    status: ChallengeStatus::Cancelled.into(),
+                });
+            }
+            // Answered or expired in the meantime: nothing to cancel.
+            Err(StorageError::Transition(_)) | Err(StorageError::NotFound(_)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, challenge_id = %old, "cannot cancel a replaced challenge")
+            }
+        }
     }
 }
 
@@ -276,6 +373,57 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    async fn get_user_status(
+        &self,
+        request: Request<pb::GetUserStatusRequest>,
+    ) -> Result<Response<pb::UserStatus>, Status> {
+        let tenant = self.auth.authenticate(request.metadata()).await?;
+        let user = request.into_inner().user_id;
+        validate::user_id(&user).map_err(ApiError::from)?;
+        let now = now_ms();
+        let state = self
+            .guard
+            .status(&tenant, &user, now)
+            .await
+            .map_err(ApiError::from)?;
+        let policy = self.guard.policy(&tenant);
+        let since = |secs: u64| now - (secs as i64).saturating_mul(1000);
+        let pending_challenge_id = match &state.pending {
+            Some(p) => match self.storage.get_challenge(&p.challenge_id).await {
+                Ok(Some(c)) if c.status(now) == ChallengeStatus::Pending => c.id.to_string(),
+                _ => String::new(),
+            },
+            None => String::new(),
+        };
+        Ok(Response::new(pb::UserStatus {
+            prompts_in_window: state
+                .pushes
+                .iter()
+                .filter(|t| **t > since(policy.prompt_window_secs))
+                .count() as u32,
+            prompt_limit: policy.max_prompts,
+            prompt_window_seconds: policy.prompt_window_secs.try_into().unwrap_or(u32::MAX),
+            pending_challenge_id,
+            recent_denials: state
+                .denials
+                .iter()
+                .filter(|t| **t > since(policy.escalate_window_secs))
+                .count() as u32,
+            number_match_forced: rules::number_match_forced(&state, now, policy),
+            muted_until_unix_ms: if state.muted_until > now {
+                state.muted_until
+            } else {
+                0
+            },
+            locked_until_unix_ms: if state.locked_until > now {
+                state.locked_until
+            } else {
+                0
+            },
+            user_id: user,
+        }))
     }
 
     async fn cancel_challenge(

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use sesame_ratelimit::GuardPolicy;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -40,6 +41,17 @@ pub struct Config {
     /// Seconds to drain in-flight work on SIGTERM.
     pub shutdown_grace_seconds: u64,
     pub dispatcher: DispatcherSection,
+    pub guard: GuardSection,
+}
+
+/// The push-bombing guard: `[guard.defaults]` for every tenant, and
+/// `[guard.tenants.<tenant id>]` for one tenant (a full policy: keys not given
+/// there take the built-in defaults).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuardSection {
+    pub defaults: GuardPolicy,
+    pub tenants: BTreeMap<String, GuardPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +89,7 @@ impl Default for Config {
             push_provider: "simulator".into(),
             shutdown_grace_seconds: 10,
             dispatcher: DispatcherSection::default(),
+            guard: GuardSection::default(),
         }
     }
 }
@@ -156,6 +169,17 @@ impl Config {
             self.dispatcher.max_attempts >= 1,
             "dispatcher.max_attempts must be at least 1"
         );
+        self.guard
+            .defaults
+            .validate()
+            .map_err(|e| anyhow::anyhow!("guard.defaults: {e}"))?;
+        for (tenant, policy) in &self.guard.tenants {
+            sesame_core::TenantId::parse(tenant)
+                .map_err(|e| anyhow::anyhow!("guard.tenants.{tenant}: {e}"))?;
+            policy
+                .validate()
+                .map_err(|e| anyhow::anyhow!("guard.tenants.{tenant}: {e}"))?;
+        }
         self.roles()?;
         Ok(())
     }

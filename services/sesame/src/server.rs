@@ -2,6 +2,7 @@
 //! one gRPC listener, with health and reflection. Tests build it in-process
 //! on `127.0.0.1:0`; the binary is a thin wrapper.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use sesame_proto::tenant::v1::challenge_service_server::ChallengeServiceServer;
 use sesame_proto::tenant::v1::enrollment_service_server::EnrollmentServiceServer;
 use sesame_push::SimulatorProvider;
 use sesame_queue::{MemQueue, MemQueueConfig, Queue};
+use sesame_ratelimit::{GuardPolicy, UserGuard};
 use sesame_storage::{EmbeddedConfig, EmbeddedStorage, MemStorage, Storage};
 use sesame_verifier::{DeviceApi, ReplayGuard};
 use tokio::net::TcpListener;
@@ -133,6 +135,24 @@ impl Sesame {
         let mut background = tokio::task::JoinSet::new();
         let (stop_streams, streams_shutdown) = Shutdown::new();
         let auth = TenantAuth::new(storage.clone());
+        let tenant_policies: HashMap<TenantId, GuardPolicy> = config
+            .guard
+            .tenants
+            .iter()
+            // Ids were validated with the configuration.
+            .filter_map(|(t, p)| TenantId::parse(t).ok().map(|t| (t, p.clone())))
+            .collect();
+        let guard_horizon_ms = tenant_policies
+            .values()
+            .chain(std::iter::once(&config.guard.defaults))
+            .map(GuardPolicy::longest_window_ms)
+            .max()
+            .unwrap_or(0);
+        let guard = Arc::new(UserGuard::new(
+            storage.clone(),
+            config.guard.defaults.clone(),
+            tenant_policies,
+        ));
         let challenge_config = ChallengeConfig {
             public_device_url: config.device_url(),
             max_devices_per_user: config.max_devices_per_user,
@@ -145,7 +165,7 @@ impl Sesame {
                 hub.clone(),
             ));
             let retention = Duration::from_secs(config.challenge_retention_hours * 3600);
-            background.spawn(purge_loop(storage.clone(), retention));
+            background.spawn(purge_loop(storage.clone(), retention, guard_horizon_ms));
             health
                 .set_serving::<EnrollmentServiceServer<EnrollmentApi>>()
                 .await;
@@ -163,7 +183,7 @@ impl Sesame {
                 ),
                 Some(
                     ChallengeServiceServer::new(
-                        ChallengeApi::new(storage.clone(), queue.clone(), auth, hub)
+                        ChallengeApi::new(storage.clone(), queue.clone(), auth, hub, guard.clone())
                             .with_shutdown(streams_shutdown.clone()),
                     )
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -181,6 +201,7 @@ impl Sesame {
             DeviceServiceServer::new(DeviceApi::new(
                 storage.clone(),
                 queue.clone(),
+                guard.clone(),
                 replay,
                 config.max_devices_per_user,
             ))
@@ -283,13 +304,17 @@ impl Sesame {
     }
 }
 
-async fn purge_loop(storage: Arc<dyn Storage>, retention: Duration) {
+async fn purge_loop(storage: Arc<dyn Storage>, retention: Duration, guard_horizon_ms: i64) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
         let now = now_ms();
         match storage
-            .purge_expired(now, now - retention.as_millis() as i64)
+            .purge_expired(
+                now,
+                now - retention.as_millis() as i64,
+                now - guard_horizon_ms,
+            )
             .await
         {
             Ok(0) => {}

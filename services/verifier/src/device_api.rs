@@ -13,6 +13,7 @@ use sesame_core::{number_match, validate, ChallengeId, DeviceId};
 use sesame_grpc::{convert, ApiError};
 use sesame_proto::device::v1 as pb;
 use sesame_queue::{Event, Queue};
+use sesame_ratelimit::{Escalation, UserGuard};
 use sesame_storage::{Storage, StorageError};
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
@@ -22,6 +23,7 @@ use crate::replay::{ReplayGuard, ReplayVerdict};
 pub struct DeviceApi {
     storage: Arc<dyn Storage>,
     queue: Arc<dyn Queue>,
+    guard: Arc<UserGuard>,
     replay: Arc<ReplayGuard>,
     max_devices_per_user: usize,
 }
@@ -82,12 +84,14 @@ impl DeviceApi {
     pub fn new(
         storage: Arc<dyn Storage>,
         queue: Arc<dyn Queue>,
+        guard: Arc<UserGuard>,
         replay: Arc<ReplayGuard>,
         max_devices_per_user: usize,
     ) -> Self {
         DeviceApi {
             storage,
             queue,
+            guard,
             replay,
             max_devices_per_user,
         }
@@ -336,9 +340,10 @@ impl DeviceApi {
         };
         // Resolve and announce in a task of its own: if this call is
         // cancelled after the commit, watchers must still hear of it.
-        let (storage, queue, id) = (
+        let (storage, queue, guard, id) = (
             self.storage.clone(),
             self.queue.clone(),
+            self.guard.clone(),
             challenge.id.clone(),
         );
         let resolved = tokio::spawn(async move {
@@ -348,6 +353,23 @@ impl DeviceApi {
                 challenge_id: resolved.id.clone(),
                 status: resolved.status(now).into(),
             });
+            // Denials feed the push-bombing guard: escalation, lock, mute.
+            if let Outcome::Denied(reason) = outcome {
+                let fraud = reason == DenyReason::FraudReported;
+                match guard
+                    .record_denial(&resolved.tenant_id, &resolved.user_id, now, fraud)
+                    .await
+                {
+                    Ok(Escalation::None) => {}
+                    Ok(e) => tracing::warn!(
+                        tenant = %resolved.tenant_id,
+                        challenge_id = %resolved.id,
+                        escalation = ?e,
+                        "user's prompts restricted after a denial"
+                    ),
+                    Err(e) => tracing::error!(error = %e, challenge_id = %resolved.id, "cannot record a denial"),
+                }
+            }
             Ok::<_, StorageError>(resolved)
         })
         .await

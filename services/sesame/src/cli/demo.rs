@@ -91,6 +91,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<ChallengeStatus> {
                     ttl_seconds: 0,
                     number_match: types::NumberMatchMode::Enter as i32,
                     idempotency_key: String::new(),
+                    replace_pending: false,
                 }),
             },
         )?)

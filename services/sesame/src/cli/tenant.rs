@@ -70,6 +70,7 @@ pub async fn challenge(server: &str, api_key: &str, a: ChallengeArgs) -> anyhow:
                     ttl_seconds: a.ttl_seconds,
                     number_match: a.mode as i32,
                     idempotency_key: String::new(),
+                    replace_pending: false,
                 }),
             },
         )?)

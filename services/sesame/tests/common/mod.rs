@@ -16,6 +16,7 @@ use sesame_proto::tenant::v1 as pb;
 use sesame_proto::tenant::v1::challenge_service_client::ChallengeServiceClient;
 use sesame_proto::tenant::v1::enrollment_service_client::EnrollmentServiceClient;
 use sesame_proto::types::v1 as types;
+pub use sesame_ratelimit::GuardPolicy;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
@@ -33,18 +34,36 @@ pub struct Harness {
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
+/// A guard that stays out of the way of the flow tests, which run many
+/// challenges per user; the guard's own tests use the real defaults.
+pub fn lenient_guard() -> GuardPolicy {
+    GuardPolicy {
+        one_pending: false,
+        max_prompts: 10_000,
+        force_number_match_after: 0,
+        lock_after: 0,
+        ..GuardPolicy::default()
+    }
+}
+
 impl Harness {
     pub async fn start() -> Harness {
+        Self::start_with(lenient_guard()).await
+    }
+
+    /// A server whose tenants all get this push-bombing guard policy.
+    pub async fn start_with(guard: GuardPolicy) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let config = Config {
+        let mut config = Config {
             listen: addr.to_string(),
             data_dir: dir.path().to_path_buf(),
             ..Config::default()
         };
+        config.guard.defaults = guard;
         let app = Sesame::open(config).expect("open");
         let key_file = app.ensure_dev_tenant().await.expect("dev tenant");
         let key = std::fs::read_to_string(key_file)
@@ -185,6 +204,7 @@ impl Harness {
                 ttl_seconds: ttl,
                 number_match: mode as i32,
                 idempotency_key: String::new(),
+                replace_pending: false,
             }),
         }
     }

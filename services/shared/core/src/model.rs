@@ -233,6 +233,46 @@ impl Challenge {
     }
 }
 
+/// The push-bombing guard's record for one user of one tenant: what it needs
+/// to enforce "one pending challenge", "at most N prompts in any trailing
+/// window", and the escalations after denials. Stored through the `Storage`
+/// trait with a version for compare-and-set, so every replica enforces the
+/// same limits. The rules themselves live in `sesame-ratelimit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserGuardState {
+    /// When each admitted challenge was created (only those still inside the
+    /// longest window are kept): the exact sliding log.
+    pub pushes: Vec<UnixMillis>,
+    /// The challenge holding the user's one pending slot.
+    pub pending: Option<PendingSlot>,
+    /// When the user denied (deny, wrong number, "this wasn't me").
+    pub denials: Vec<UnixMillis>,
+    /// "This wasn't me" mutes new prompts until then.
+    pub muted_until: UnixMillis,
+    /// Too many denials lock new prompts until then.
+    pub locked_until: UnixMillis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingSlot {
+    pub challenge_id: ChallengeId,
+    pub expires_at: UnixMillis,
+}
+
+impl UserGuardState {
+    /// The last time anything in this record matters; after it plus the
+    /// longest window, the record can be deleted.
+    pub fn last_relevant(&self) -> UnixMillis {
+        let mut t = self.muted_until.max(self.locked_until);
+        t = t.max(self.pushes.iter().copied().max().unwrap_or(0));
+        t = t.max(self.denials.iter().copied().max().unwrap_or(0));
+        if let Some(p) = &self.pending {
+            t = t.max(p.expires_at);
+        }
+        t
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TransitionError {
     #[error("challenge has expired")]

@@ -3,7 +3,12 @@ use sesame_core::model::TransitionError;
 use sesame_core::validate::ValidationError;
 use sesame_queue::QueueError;
 use sesame_storage::StorageError;
+use std::collections::HashMap;
+
+use sesame_ratelimit::{GuardError, Refusal};
+use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 /// Every way an RPC can fail, mapped once to a gRPC status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +27,16 @@ pub enum ApiError {
     AlreadyExists(String),
     /// A limit of the caller's: `RESOURCE_EXHAUSTED`.
     ResourceExhausted(String),
+    /// A limit with a time when it lifts: `RESOURCE_EXHAUSTED` with
+    /// `google.rpc.RetryInfo` and `google.rpc.ErrorInfo` (reason) details.
+    Limited {
+        message: String,
+        reason: &'static str,
+        retry_after: std::time::Duration,
+        /// Per-user limits: tell gRPC clients not to retry on their own
+        /// (`grpc-retry-pushback-ms: -1`); a person must act.
+        do_not_retry: bool,
+    },
     /// Overloaded or a dependency is down, retry later: `UNAVAILABLE`.
     Unavailable(String),
     /// Our bug or a corrupt record: `INTERNAL`, details only in the log.
@@ -67,6 +82,43 @@ impl From<StorageError> for ApiError {
     }
 }
 
+/// How a guard refusal reads to the tenant.
+pub fn refusal(r: &Refusal, now: sesame_core::time::UnixMillis) -> ApiError {
+    let secs = (r.retry_at() - now).max(0) as u64 / 1000;
+    let message = match r {
+        Refusal::Pending { challenge_id, .. } => format!(
+            "the user already has a pending challenge ({challenge_id}); wait for its verdict, cancel it, or set options.replace_pending"
+        ),
+        Refusal::TooManyPrompts { .. } => format!(
+            "the user got the maximum number of prompts in the current window; the next is possible in {secs} s"
+        ),
+        Refusal::Muted { .. } => format!(
+            "the user reported a sign-in request as fraud; prompts are muted for {secs} s more"
+        ),
+        Refusal::Locked { .. } => format!(
+            "the user denied too many requests; prompts are locked for {secs} s more"
+        ),
+    };
+    ApiError::Limited {
+        message,
+        reason: r.reason(),
+        retry_after: std::time::Duration::from_millis((r.retry_at() - now).max(0) as u64),
+        do_not_retry: true,
+    }
+}
+
+impl From<GuardError> for ApiError {
+    fn from(e: GuardError) -> Self {
+        match e {
+            GuardError::Refused(r) => refusal(&r, sesame_core::time::now_ms()),
+            GuardError::Storage(s) => s.into(),
+            GuardError::Contention => ApiError::Unavailable(
+                "too many concurrent requests for this user; retry shortly".into(),
+            ),
+        }
+    }
+}
+
 impl From<QueueError> for ApiError {
     fn from(e: QueueError) -> Self {
         match e {
@@ -89,6 +141,23 @@ impl From<ApiError> for Status {
             ApiError::FailedPrecondition(m) => Status::new(Code::FailedPrecondition, m),
             ApiError::AlreadyExists(m) => Status::new(Code::AlreadyExists, m),
             ApiError::ResourceExhausted(m) => Status::new(Code::ResourceExhausted, m),
+            ApiError::Limited {
+                message,
+                reason,
+                retry_after,
+                do_not_retry,
+            } => {
+                let mut details = ErrorDetails::with_retry_info(Some(retry_after));
+                details.set_error_info(reason, "sesame", HashMap::<String, String>::new());
+                let mut status =
+                    Status::with_error_details(Code::ResourceExhausted, message, details);
+                if do_not_retry {
+                    status
+                        .metadata_mut()
+                        .insert("grpc-retry-pushback-ms", MetadataValue::from_static("-1"));
+                }
+                status
+            }
             ApiError::Unavailable(m) => Status::new(Code::Unavailable, m),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");

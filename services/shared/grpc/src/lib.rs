@@ -6,4 +6,4 @@
 pub mod convert;
 mod error;
 
-pub use error::ApiError;
+pub use error::{refusal, ApiError};

@@ -29,6 +29,7 @@ use redb::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use sesame_core::model::UserGuardState;
 use sesame_core::time::UnixMillis;
 use sesame_core::{
     ApiKeyRecord, Challenge, ChallengeId, Device, DeviceId, EnrollmentTicket, Resolution, Tenant,
@@ -53,7 +54,17 @@ const IDEMPOTENCY: Table = TableDefinition::new("idempotency");
 /// expires_at (8 bytes BE) ++ challenge_id -> (), for purging.
 const CHALLENGE_EXPIRY: Table = TableDefinition::new("challenge_expiry");
 
-const ALL_TABLES: [Table; 9] = [
+/// tenant \0 user -> {version, state} of the push-bombing guard.
+const USER_GUARDS: Table = TableDefinition::new("user_guards");
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct GuardRecord {
+    version: u64,
+    state: UserGuardState,
+}
+
+const ALL_TABLES: [Table; 10] = [
+    USER_GUARDS,
     TENANTS,
     API_KEYS,
     ENROLLMENTS,
@@ -607,9 +618,64 @@ impl Storage for EmbeddedStorage {
         .await
     }
 
-    async fn purge_expired(&self, now: UnixMillis, challenges_before: UnixMillis) -> Result<usize> {
+    async fn get_user_guard(
+        &self,
+        tenant: &TenantId,
+        user_id: &str,
+    ) -> Result<(u64, UserGuardState)> {
+        Ok(self
+            .read::<GuardRecord>(USER_GUARDS, &key2(tenant.as_str(), user_id))?
+            .map(|r| (r.version, r.state))
+            .unwrap_or_default())
+    }
+
+    async fn put_user_guard(
+        &self,
+        tenant: &TenantId,
+        user_id: &str,
+        expected: u64,
+        state: &UserGuardState,
+    ) -> Result<bool> {
+        let key = key2(tenant.as_str(), user_id);
+        let value = encode(&GuardRecord {
+            version: expected + 1,
+            state: state.clone(),
+        })?;
+        // The writer applies writes one at a time: the version check and the
+        // write are atomic, like a ScyllaDB `UPDATE ... IF version = ?`.
+        self.write(move |txn| {
+            let current = get_in::<GuardRecord>(txn, USER_GUARDS, &key)?
+                .map(|r| r.version)
+                .unwrap_or(0);
+            if current != expected {
+                return Ok(false);
+            }
+            put_in(txn, USER_GUARDS, &key, &value)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn purge_expired(
+        &self,
+        now: UnixMillis,
+        challenges_before: UnixMillis,
+        guards_before: UnixMillis,
+    ) -> Result<usize> {
         self.write(move |txn| {
             let mut purged = 0usize;
+            {
+                let mut t = txn.open_table(USER_GUARDS).map_err(backend)?;
+                let before = t.len().map_err(backend)?;
+                t.retain(|_, v| {
+                    serde_json::from_slice::<GuardRecord>(v)
+                        .map(|r| r.state.last_relevant() >= guards_before)
+                        // Keep what cannot be read rather than lose a limit.
+                        .unwrap_or(true)
+                })
+                .map_err(backend)?;
+                purged += (before - t.len().map_err(backend)?) as usize;
+            }
             {
                 let mut t = txn.open_table(ENROLLMENTS).map_err(backend)?;
                 let before = t.len().map_err(backend)?;

@@ -18,6 +18,7 @@ mod mem;
 pub mod testsuite;
 
 use async_trait::async_trait;
+use sesame_core::model::UserGuardState;
 use sesame_core::time::UnixMillis;
 use sesame_core::{
     ApiKeyRecord, Challenge, ChallengeId, Device, DeviceId, EnrollmentTicket, Resolution, Tenant,
@@ -103,7 +104,31 @@ pub trait Storage: Send + Sync + 'static {
         now: UnixMillis,
     ) -> Result<Challenge>;
 
-    /// Deletes enrollment tickets expired before `now` and challenges that
-    /// expired before `challenges_before`. Returns how many records went.
-    async fn purge_expired(&self, now: UnixMillis, challenges_before: UnixMillis) -> Result<usize>;
+    /// The push-bombing guard's record of one user, with its version
+    /// (`(0, default)` when there is none).
+    async fn get_user_guard(
+        &self,
+        tenant: &TenantId,
+        user_id: &str,
+    ) -> Result<(u64, UserGuardState)>;
+    /// Compare-and-set: stores `state` as version `expected + 1` only if the
+    /// stored version is still `expected` (0: no record). Returns whether it
+    /// applied; a `false` means another writer won and the caller re-reads.
+    async fn put_user_guard(
+        &self,
+        tenant: &TenantId,
+        user_id: &str,
+        expected: u64,
+        state: &UserGuardState,
+    ) -> Result<bool>;
+
+    /// Deletes enrollment tickets expired before `now`, challenges that
+    /// expired before `challenges_before`, and guard records whose last
+    /// relevant time is before `guards_before`. Returns how many records went.
+    async fn purge_expired(
+        &self,
+        now: UnixMillis,
+        challenges_before: UnixMillis,
+        guards_before: UnixMillis,
+    ) -> Result<usize>;
 }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use sesame_core::model::UserGuardState;
 use sesame_core::time::UnixMillis;
 use sesame_core::{
     ApiKeyRecord, Challenge, ChallengeId, Device, DeviceId, EnrollmentTicket, Resolution, Tenant,
@@ -22,6 +23,7 @@ struct Inner {
     devices: HashMap<DeviceId, Device>,
     challenges: HashMap<ChallengeId, Challenge>,
     idempotency: HashMap<(TenantId, String), ChallengeId>,
+    guards: HashMap<(TenantId, String), (u64, UserGuardState)>,
 }
 
 #[derive(Default)]
@@ -220,18 +222,54 @@ impl Storage for MemStorage {
         Ok(c.clone())
     }
 
-    async fn purge_expired(&self, now: UnixMillis, challenges_before: UnixMillis) -> Result<usize> {
+    async fn get_user_guard(
+        &self,
+        tenant: &TenantId,
+        user_id: &str,
+    ) -> Result<(u64, UserGuardState)> {
+        let g = self.lock()?;
+        Ok(g.guards
+            .get(&(tenant.clone(), user_id.to_owned()))
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn put_user_guard(
+        &self,
+        tenant: &TenantId,
+        user_id: &str,
+        expected: u64,
+        state: &UserGuardState,
+    ) -> Result<bool> {
         let mut g = self.lock()?;
-        let before = g.enrollments.len() + g.challenges.len();
+        let key = (tenant.clone(), user_id.to_owned());
+        let current = g.guards.get(&key).map(|(v, _)| *v).unwrap_or(0);
+        if current != expected {
+            return Ok(false);
+        }
+        g.guards.insert(key, (expected + 1, state.clone()));
+        Ok(true)
+    }
+
+    async fn purge_expired(
+        &self,
+        now: UnixMillis,
+        challenges_before: UnixMillis,
+        guards_before: UnixMillis,
+    ) -> Result<usize> {
+        let mut g = self.lock()?;
+        let before = g.enrollments.len() + g.challenges.len() + g.guards.len();
         g.enrollments.retain(|_, t| t.expires_at > now);
         g.challenges
             .retain(|_, c| c.expires_at >= challenges_before);
+        g.guards
+            .retain(|_, (_, st)| st.last_relevant() >= guards_before);
         let Inner {
             idempotency,
             challenges,
             ..
         } = &mut *g;
         idempotency.retain(|_, id| challenges.contains_key(id));
-        Ok(before - g.enrollments.len() - g.challenges.len())
+        Ok(before - g.enrollments.len() - g.challenges.len() - g.guards.len())
     }
 }

@@ -407,8 +407,32 @@ pub async fn purge_removes_only_expired(s: Store) {
         expires_at: 500,
     };
     s.create_enrollment(&stale_ticket).await.unwrap();
-    let n = s.purge_expired(now_ms(), 2_000).await.unwrap();
-    assert!(n >= 2, "purged {n}");
+    let old_guard = UserGuardState {
+        pushes: vec![1_500],
+        ..Default::default()
+    };
+    assert!(s
+        .put_user_guard(&t, "old-user", 0, &old_guard)
+        .await
+        .unwrap());
+    let live_guard = UserGuardState {
+        pushes: vec![now_ms()],
+        ..Default::default()
+    };
+    assert!(s
+        .put_user_guard(&t, "live-user", 0, &live_guard)
+        .await
+        .unwrap());
+    let n = s.purge_expired(now_ms(), 2_000, 2_000).await.unwrap();
+    assert!(n >= 3, "purged {n}");
+    assert_eq!(
+        s.get_user_guard(&t, "old-user").await.unwrap(),
+        (0, UserGuardState::default())
+    );
+    assert_eq!(
+        s.get_user_guard(&t, "live-user").await.unwrap(),
+        (1, live_guard)
+    );
     assert_eq!(s.get_challenge(&old.id).await.unwrap(), None);
     assert!(s.get_challenge(&live.id).await.unwrap().is_some());
     assert_eq!(s.get_enrollment(&[3; 32]).await.unwrap(), None);
@@ -416,6 +440,66 @@ pub async fn purge_removes_only_expired(s: Store) {
     let mut again = challenge(&t, "alice", vec![], 60_000);
     again.idempotency_key = Some("k".into());
     assert_eq!(s.create_challenge(&again).await.unwrap(), Created::New);
+}
+
+/// The guard record is a compare-and-set register, isolated per tenant and user.
+pub async fn user_guard_compare_and_set(s: Store) {
+    let (t1, t2) = (fresh_tenant(), fresh_tenant());
+    assert_eq!(
+        s.get_user_guard(&t1, "u").await.unwrap(),
+        (0, UserGuardState::default())
+    );
+    let a = UserGuardState {
+        pushes: vec![now_ms()],
+        ..Default::default()
+    };
+    assert!(
+        !s.put_user_guard(&t1, "u", 1, &a).await.unwrap(),
+        "no record yet: version 0"
+    );
+    assert!(s.put_user_guard(&t1, "u", 0, &a).await.unwrap());
+    assert!(
+        !s.put_user_guard(&t1, "u", 0, &a).await.unwrap(),
+        "stale version"
+    );
+    assert_eq!(s.get_user_guard(&t1, "u").await.unwrap(), (1, a.clone()));
+    let mut b = a.clone();
+    b.muted_until = 42;
+    assert!(s.put_user_guard(&t1, "u", 1, &b).await.unwrap());
+    assert_eq!(s.get_user_guard(&t1, "u").await.unwrap(), (2, b));
+    assert_eq!(
+        s.get_user_guard(&t2, "u").await.unwrap().0,
+        0,
+        "other tenant"
+    );
+    assert_eq!(
+        s.get_user_guard(&t1, "u2").await.unwrap().0,
+        0,
+        "other user"
+    );
+}
+
+/// Concurrent writers of the same version: exactly one wins.
+pub async fn user_guard_race_has_one_winner(s: Store) {
+    let t = fresh_tenant();
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let (s, t) = (s.clone(), t.clone());
+            tokio::spawn(async move {
+                let st = UserGuardState {
+                    pushes: vec![i],
+                    ..Default::default()
+                };
+                s.put_user_guard(&t, "racer", 0, &st).await.unwrap()
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for task in tasks {
+        wins += usize::from(task.await.expect("task"));
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(s.get_user_guard(&t, "racer").await.unwrap().0, 1);
 }
 
 /// Expands to one `#[tokio::test]` per conformance case for the backend
@@ -436,6 +520,8 @@ macro_rules! storage_suite {
             expired_challenge_cannot_resolve,
             idempotency_key_returns_first_challenge,
             answer_race_has_one_winner,
+            user_guard_compare_and_set,
+            user_guard_race_has_one_winner,
             purge_removes_only_expired
         );
     };

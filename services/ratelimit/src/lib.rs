@@ -1,0 +1,18 @@
+//! Limits. Today: the per-user push-bombing guard.
+//!
+//! - [`rules`]: the pure decision over a user's [`UserGuardState`]: one
+//!   pending challenge, at most N prompts in any trailing window (an exact
+//!   sliding log — GCRA and fixed windows let about twice that through at
+//!   window edges), escalation after repeated denials, and the mute after
+//!   "this wasn't me".
+//! - [`UserGuard`]: applies the rules through the storage trait with a
+//!   compare-and-set, so every replica enforces the same limit, with a local
+//!   cache of refusals so that a refused caller costs no storage call.
+//!
+//! [`UserGuardState`]: sesame_core::model::UserGuardState
+
+pub mod rules;
+mod user_guard;
+
+pub use rules::{Escalation, GuardPolicy, Refusal};
+pub use user_guard::{Admission, GuardError, UserGuard};

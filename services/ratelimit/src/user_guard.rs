@@ -1,0 +1,241 @@
+//! Applies the guard's rules through the storage trait.
+//!
+//! Every admission is a read-decide-write with a compare-and-set on the
+//! user's versioned record (a lightweight transaction in ScyllaDB, the single
+//! writer in the embedded store), retried when another request for the same
+//! user won the race: concurrent requests on any number of replicas can never
+//! admit more than the limit. Refusals that only time can lift (prompt limit,
+//! mute, lock) are cached locally until they lift, so a flood of refused
+//! requests for one user costs no storage call.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use sesame_core::model::{ChallengeStatus, UserGuardState};
+use sesame_core::time::UnixMillis;
+use sesame_core::{ChallengeId, TenantId};
+use sesame_storage::{Storage, StorageError};
+
+use crate::rules::{self, Escalation, GuardPolicy, Refusal};
+
+/// Attempts of one read-decide-write before giving up under contention.
+const MAX_CAS_ATTEMPTS: usize = 16;
+/// Cached refusals kept at most (then the cache is cleared: it is only an optimisation).
+const REFUSAL_CACHE_MAX: usize = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("refused: {}", .0.reason())]
+    Refused(Refusal),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("too many concurrent requests for one user")]
+    Contention,
+}
+
+/// What the guard allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    /// Repeated denials: the challenge must use number matching.
+    pub number_match_forced: bool,
+    /// The pending challenge this one replaces (the caller cancels it).
+    pub replaced: Option<ChallengeId>,
+}
+
+pub struct UserGuard {
+    storage: Arc<dyn Storage>,
+    default_policy: GuardPolicy,
+    tenant_policies: HashMap<TenantId, GuardPolicy>,
+    refusals: DashMap<(TenantId, String), Refusal>,
+}
+
+impl UserGuard {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        default_policy: GuardPolicy,
+        tenant_policies: HashMap<TenantId, GuardPolicy>,
+    ) -> Self {
+        UserGuard {
+            storage,
+            default_policy,
+            tenant_policies,
+            refusals: DashMap::new(),
+        }
+    }
+
+    pub fn policy(&self, tenant: &TenantId) -> &GuardPolicy {
+        self.tenant_policies
+            .get(tenant)
+            .unwrap_or(&self.default_policy)
+    }
+
+    fn cached_refusal(&self, key: &(TenantId, String), now: UnixMillis) -> Option<Refusal> {
+        let hit = self.refusals.get(key).map(|r| r.clone())?;
+        if hit.retry_at() > now {
+            Some(hit)
+        } else {
+            self.refusals.remove_if(key, |_, r| r.retry_at() <= now);
+            None
+        }
+    }
+
+    fn cache_refusal(&self, key: (TenantId, String), refusal: &Refusal) {
+        // A pending challenge can be answered at any moment: never cache that.
+        if matches!(refusal, Refusal::Pending { .. }) {
+            return;
+        }
+        if self.refusals.len() >= REFUSAL_CACHE_MAX {
+            self.refusals.clear();
+        }
+        self.refusals.insert(key, refusal.clone());
+    }
+
+    /// Is the challenge in the pending slot still pending? A slot whose
+    /// challenge is not stored (yet) counts as pending: between admission and
+    /// storing, a concurrent request must not slip through. The caller
+    /// releases the slot if it fails to store the challenge.
+    async fn pending_live(
+        &self,
+        state: &UserGuardState,
+        now: UnixMillis,
+    ) -> Result<bool, GuardError> {
+        match &state.pending {
+            Some(p) if p.expires_at > now => Ok(self
+                .storage
+                .get_challenge(&p.challenge_id)
+                .await?
+                .is_none_or(|c| c.status(now) == ChallengeStatus::Pending)),
+            _ => Ok(false),
+        }
+    }
+
+    /// Undoes an admission whose challenge was never created (storage or
+    /// queue refused, or an idempotent retry returned an earlier challenge):
+    /// frees the pending slot and the prompt it counted.
+    pub async fn release(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+        challenge_id: &ChallengeId,
+        admitted_at: UnixMillis,
+    ) -> Result<(), GuardError> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let (version, mut state) = self.storage.get_user_guard(tenant, user).await?;
+            if state.pending.as_ref().map(|p| &p.challenge_id) != Some(challenge_id) {
+                return Ok(());
+            }
+            state.pending = None;
+            if let Some(i) = state.pushes.iter().position(|t| *t == admitted_at) {
+                state.pushes.remove(i);
+            }
+            if self
+                .storage
+                .put_user_guard(tenant, user, version, &state)
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        Err(GuardError::Contention)
+    }
+
+    /// Admits a new challenge for `user`, or says why not. With
+    /// `replace_pending`, a still-pending challenge does not block: it is
+    /// returned in [`Admission::replaced`] for the caller to cancel (the
+    /// prompt limit, mute and lock still apply).
+    pub async fn admit(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+        challenge_id: &ChallengeId,
+        expires_at: UnixMillis,
+        now: UnixMillis,
+        replace_pending: bool,
+    ) -> Result<Admission, GuardError> {
+        let key = (tenant.clone(), user.to_owned());
+        if let Some(r) = self.cached_refusal(&key, now) {
+            return Err(GuardError::Refused(r));
+        }
+        let policy = self.policy(tenant);
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let (version, mut state) = self.storage.get_user_guard(tenant, user).await?;
+            rules::prune(&mut state, now, policy);
+            let live = self.pending_live(&state, now).await?;
+            let mut replaced = None;
+            match rules::decide(&state, now, policy, live) {
+                Ok(()) => {}
+                Err(Refusal::Pending { challenge_id, .. }) if replace_pending => {
+                    if let Err(r) = rules::decide(&state, now, policy, false) {
+                        self.cache_refusal(key, &r);
+                        return Err(GuardError::Refused(r));
+                    }
+                    replaced = Some(challenge_id);
+                }
+                Err(r) => {
+                    self.cache_refusal(key, &r);
+                    return Err(GuardError::Refused(r));
+                }
+            }
+            let number_match_forced = rules::number_match_forced(&state, now, policy);
+            rules::admit(&mut state, now, policy, challenge_id, expires_at);
+            if self
+                .storage
+                .put_user_guard(tenant, user, version, &state)
+                .await?
+            {
+                return Ok(Admission {
+                    number_match_forced,
+                    replaced,
+                });
+            }
+        }
+        Err(GuardError::Contention)
+    }
+
+    /// Records a denial (`fraud`: "this wasn't me") and returns the escalation.
+    pub async fn record_denial(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+        now: UnixMillis,
+        fraud: bool,
+    ) -> Result<Escalation, GuardError> {
+        let policy = self.policy(tenant);
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let (version, mut state) = self.storage.get_user_guard(tenant, user).await?;
+            let escalation = rules::record_denial(&mut state, now, policy, fraud);
+            if self
+                .storage
+                .put_user_guard(tenant, user, version, &state)
+                .await?
+            {
+                match escalation {
+                    Escalation::Muted { until } => self.cache_refusal(
+                        (tenant.clone(), user.to_owned()),
+                        &Refusal::Muted { until },
+                    ),
+                    Escalation::Locked { until } => self.cache_refusal(
+                        (tenant.clone(), user.to_owned()),
+                        &Refusal::Locked { until },
+                    ),
+                    _ => {}
+                }
+                return Ok(escalation);
+            }
+        }
+        Err(GuardError::Contention)
+    }
+
+    /// The user's guard state as of `now` (pruned), for the tenant to see.
+    pub async fn status(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+        now: UnixMillis,
+    ) -> Result<UserGuardState, GuardError> {
+        let (_, mut state) = self.storage.get_user_guard(tenant, user).await?;
+        rules::prune(&mut state, now, self.policy(tenant));
+        Ok(state)
+    }
+}

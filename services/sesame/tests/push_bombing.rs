@@ -1,0 +1,261 @@
+//! The push-bombing defence end to end, with the default policy: one pending
+//! challenge per user, 5 prompts per 10 minutes, escalation after denials,
+//! and the mute after "this wasn't me" — over real gRPC.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sesame_core::model::Decision;
+use sesame_proto::tenant::v1 as pb;
+use sesame_proto::types::v1::{ChallengeStatus as S, NumberMatchMode};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+/// The reason in `google.rpc.ErrorInfo`, checking the rest of the contract.
+fn limited(status: tonic::Status) -> String {
+    assert_eq!(
+        status.code(),
+        Code::ResourceExhausted,
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.get_details_retry_info().is_some(),
+        "RetryInfo detail"
+    );
+    assert_eq!(
+        status
+            .metadata()
+            .get("grpc-retry-pushback-ms")
+            .map(|v| v.to_str().expect("ascii")),
+        Some("-1"),
+        "clients are told not to retry automatically"
+    );
+    status
+        .get_details_error_info()
+        .expect("ErrorInfo detail")
+        .reason
+}
+
+async fn user_status(h: &Harness, user: &str) -> pb::UserStatus {
+    h.challenges()
+        .get_user_status(h.req(pb::GetUserStatusRequest {
+            user_id: user.into(),
+        }))
+        .await
+        .expect("GetUserStatus")
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_of_100_for_one_user_sends_exactly_one_push() {
+    let h = Harness::start_with(GuardPolicy::default()).await;
+    let victim = h.enroll("victim").await;
+    let mut inbox = victim.push_inbox().await.unwrap();
+    let bystander = h.enroll("bystander").await;
+    let mut bystander_inbox = bystander.push_inbox().await.unwrap();
+
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let mut client = h.challenges();
+            let req = h.req(Harness::login_request("victim", ENTER, 0));
+            tokio::spawn(async move { client.create_challenge(req).await })
+        })
+        .collect();
+    let mut created = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(r) => created.push(r.into_inner().challenge.unwrap().challenge_id),
+            Err(s) => assert_eq!(limited(s), "USER_CHALLENGE_PENDING"),
+        }
+    }
+    assert_eq!(created.len(), 1, "exactly one challenge admitted");
+    assert_eq!(next_push(&victim, &mut inbox).await, created[0]);
+    let extra = tokio::time::timeout(Duration::from_millis(500), inbox.message()).await;
+    assert!(
+        extra.is_err(),
+        "no second push reached the phone: {extra:?}"
+    );
+
+    // Other users of the same tenant are unaffected.
+    let c = h.create("bystander", ENTER, 0).await;
+    assert_eq!(
+        next_push(&bystander, &mut bystander_inbox).await,
+        c.challenge_id
+    );
+    assert_eq!(h.simulator.delivered(), 2);
+    let st = user_status(&h, "victim").await;
+    assert_eq!((st.prompts_in_window, st.prompt_limit), (1, 5));
+    assert_eq!(st.pending_challenge_id, created[0]);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn sixth_prompt_in_ten_minutes_is_refused() {
+    let h = Harness::start_with(GuardPolicy::default()).await;
+    let phone = h.enroll("alice").await;
+    for _ in 0..5 {
+        let c = h.create("alice", ENTER, 0).await;
+        let d = details(&phone, &c.challenge_id).await;
+        phone
+            .respond(&d, &approve(&c.number_match_code))
+            .await
+            .unwrap();
+    }
+    let r = h
+        .challenges()
+        .create_challenge(h.req(Harness::login_request("alice", ENTER, 0)))
+        .await;
+    let s = status_of(r);
+    let retry = s.get_details_retry_info().unwrap().retry_delay.unwrap();
+    assert!(
+        retry > Duration::from_secs(590) && retry <= Duration::from_secs(600),
+        "{retry:?}"
+    );
+    assert_eq!(limited(s), "USER_PROMPT_LIMIT");
+    assert_eq!(user_status(&h, "alice").await.prompts_in_window, 5);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn fraud_report_mutes_the_user_and_the_tenant_sees_it() {
+    let h = Harness::start_with(GuardPolicy::default()).await;
+    let phone = h.enroll("bob").await;
+    let _other = h.enroll("carol").await;
+    let c = h.create("bob", ENTER, 0).await;
+    let d = details(&phone, &c.challenge_id).await;
+    phone
+        .respond(&d, &answer(Decision::DenyFraud))
+        .await
+        .unwrap();
+
+    let st = user_status(&h, "bob").await;
+    let left = st.muted_until_unix_ms - sesame_core::time::now_ms();
+    assert!(
+        left > 19 * 60_000 && left <= 20 * 60_000,
+        "muted for 20 minutes: {left}"
+    );
+    assert_eq!(st.recent_denials, 1);
+    let r = h
+        .challenges()
+        .create_challenge(h.req(Harness::login_request("bob", ENTER, 0)))
+        .await;
+    assert_eq!(limited(status_of(r)), "USER_MUTED_AFTER_FRAUD_REPORT");
+    // The verdict says why, and other users still get prompts.
+    assert_eq!(
+        h.get(&c.challenge_id).await.deny_reason,
+        sesame_proto::types::v1::DenyReason::FraudReported as i32
+    );
+    h.create("carol", ENTER, 0).await;
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn repeated_denials_force_number_matching_then_lock() {
+    let h = Harness::start_with(GuardPolicy::default()).await;
+    let phone = h.enroll("dave").await;
+    let deny_one = |mode| {
+        let (h, phone) = (&h, &phone);
+        async move {
+            let c = h.create("dave", mode, 0).await;
+            let d = details(phone, &c.challenge_id).await;
+            phone.respond(&d, &answer(Decision::Deny)).await.unwrap();
+            c
+        }
+    };
+    for _ in 0..3 {
+        let c = deny_one(NONE).await;
+        assert_eq!(c.number_match, NumberMatchMode::None as i32);
+    }
+    assert!(user_status(&h, "dave").await.number_match_forced);
+    // Asked without number matching, the challenge uses it anyway.
+    let forced = deny_one(NONE).await;
+    assert_eq!(forced.number_match, NumberMatchMode::Enter as i32);
+    assert_eq!(forced.number_match_code.len(), 2);
+    deny_one(ENTER).await;
+    // The prompt limit (5) is reached first with the defaults; raise it to see the lock.
+    h.shutdown().await;
+
+    let h = Harness::start_with(GuardPolicy {
+        max_prompts: 100,
+        ..GuardPolicy::default()
+    })
+    .await;
+    let phone = h.enroll("erin").await;
+    for _ in 0..6 {
+        let c = h.create("erin", ENTER, 0).await;
+        let d = details(&phone, &c.challenge_id).await;
+        phone.respond(&d, &answer(Decision::Deny)).await.unwrap();
+    }
+    let st = user_status(&h, "erin").await;
+    let left = st.locked_until_unix_ms - sesame_core::time::now_ms();
+    assert!(
+        left > 59 * 60_000 && left <= 60 * 60_000,
+        "locked for an hour: {left}"
+    );
+    let r = h
+        .challenges()
+        .create_challenge(h.req(Harness::login_request("erin", ENTER, 0)))
+        .await;
+    assert_eq!(limited(status_of(r)), "USER_LOCKED_AFTER_DENIALS");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn replace_pending_cancels_the_previous_challenge() {
+    let h = Harness::start_with(GuardPolicy::default()).await;
+    let phone = h.enroll("fay").await;
+    let first = h.create("fay", ENTER, 0).await;
+    let mut req = Harness::login_request("fay", ENTER, 0);
+    let refused = h.challenges().create_challenge(h.req(req.clone())).await;
+    assert_eq!(limited(status_of(refused)), "USER_CHALLENGE_PENDING");
+    req.options.as_mut().unwrap().replace_pending = true;
+    let second = h
+        .challenges()
+        .create_challenge(h.req(req))
+        .await
+        .unwrap()
+        .into_inner()
+        .challenge
+        .unwrap();
+    assert_eq!(h.get(&first.challenge_id).await.status, st(S::Cancelled));
+    let d = details(&phone, &second.challenge_id).await;
+    phone
+        .respond(&d, &approve(&second.number_match_code))
+        .await
+        .unwrap();
+    assert_eq!(user_status(&h, "fay").await.prompts_in_window, 2);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn idempotent_retry_of_the_pending_challenge_returns_it() {
+    let h = Harness::start_with(GuardPolicy::default()).await;
+    let _phone = h.enroll("gus").await;
+    let mut req = Harness::login_request("gus", ENTER, 0);
+    req.options.as_mut().unwrap().idempotency_key = "attempt-1".into();
+    let a = h
+        .challenges()
+        .create_challenge(h.req(req.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let b = h
+        .challenges()
+        .create_challenge(h.req(req))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        a.challenge.unwrap().challenge_id,
+        b.challenge.unwrap().challenge_id
+    );
+    assert_eq!(
+        user_status(&h, "gus").await.prompts_in_window,
+        1,
+        "a retry is not a new prompt"
+    );
+    h.shutdown().await;
+}
