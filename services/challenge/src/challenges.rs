@@ -13,7 +13,7 @@ use sesame_core::{number_match, payload, validate, ChallengeId, TenantId};
 use sesame_grpc::{convert, ApiError};
 use sesame_proto::tenant::v1 as pb;
 use sesame_queue::{Event, PushJob, Queue, QueueError};
-use sesame_ratelimit::{rules, GuardError, Refusal, UserGuard};
+use sesame_ratelimit::{rules, GuardError, QuotaRefusal, Refusal, TenantLimiter, UserGuard};
 use sesame_storage::{Created, Storage, StorageError};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -26,6 +26,7 @@ pub struct ChallengeApi {
     auth: TenantAuth,
     hub: WatchHub,
     guard: Arc<UserGuard>,
+    quotas: Option<Arc<TenantLimiter>>,
     shutdown: Shutdown,
 }
 
@@ -64,8 +65,15 @@ impl ChallengeApi {
             auth,
             hub,
             guard,
+            quotas: None,
             shutdown: Shutdown::never(),
         }
+    }
+
+    /// Enforces per-tenant quotas (checked before anything else, no I/O).
+    pub fn with_quotas(mut self, quotas: Arc<TenantLimiter>) -> Self {
+        self.quotas = Some(quotas);
+        self
     }
 
     /// Ends open watch streams (with `UNAVAILABLE`, so clients re-watch
@@ -131,6 +139,21 @@ impl ChallengeApi {
         }
 
         let now = now_ms();
+        if let Some(q) = &self.quotas {
+            q.check(&tenant, now).map_err(|r| ApiError::Limited {
+                message: match r {
+                    QuotaRefusal::PerSecond { .. } => {
+                        "the tenant's challenges-per-second quota is used up; retry shortly".into()
+                    }
+                    QuotaRefusal::PerDay { .. } => {
+                        "the tenant's daily challenge quota is used up".into()
+                    }
+                },
+                reason: r.reason(),
+                retry_after: Duration::from_millis(r.retry_after_ms().max(0) as u64),
+                do_not_retry: false,
+            })?;
+        }
         let id = ChallengeId::generate();
         let expires_at = now + i64::from(ttl) * 1000;
         let admission = match self

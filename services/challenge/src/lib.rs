@@ -79,3 +79,16 @@ pub async fn run_event_loop(queue: Arc<dyn Queue>, storage: Arc<dyn Storage>, hu
         }
     }
 }
+
+/// Keeps the per-tenant quota shares in step with the other instances:
+/// reports this instance's demand and reads the others' once a second.
+pub async fn run_quota_sync(quotas: Arc<sesame_ratelimit::TenantLimiter>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = quotas.sync(sesame_core::time::now_ms()).await {
+            tracing::warn!(error = %e, "quota sync failed; keeping the last shares");
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! Limits. Today: the per-user push-bombing guard.
+//! Limits: exact where security depends on them, cheap everywhere else.
 //!
 //! - [`rules`]: the pure decision over a user's [`UserGuardState`]: one
 //!   pending challenge, at most N prompts in any trailing window (an exact
@@ -11,8 +11,11 @@
 //!
 //! [`UserGuardState`]: sesame_core::model::UserGuardState
 
+pub mod bucket;
+pub mod quota;
 pub mod rules;
 mod user_guard;
 
+pub use quota::{QuotaRefusal, TenantLimiter, TenantQuota};
 pub use rules::{Escalation, GuardPolicy, Refusal};
 pub use user_guard::{Admission, GuardError, UserGuard};

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use sesame_ratelimit::GuardPolicy;
+use sesame_ratelimit::{GuardPolicy, TenantQuota};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -42,6 +42,18 @@ pub struct Config {
     pub shutdown_grace_seconds: u64,
     pub dispatcher: DispatcherSection,
     pub guard: GuardSection,
+    pub quotas: QuotaSection,
+    /// This process's name in quota usage reports; empty: random per start.
+    pub instance_id: String,
+}
+
+/// Per-tenant quotas (approximate, shared among instances by demand):
+/// `[quotas.defaults]` and `[quotas.tenants.<tenant id>]`; 0 = unlimited.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotaSection {
+    pub defaults: TenantQuota,
+    pub tenants: BTreeMap<String, TenantQuota>,
 }
 
 /// The push-bombing guard: `[guard.defaults]` for every tenant, and
@@ -90,6 +102,8 @@ impl Default for Config {
             shutdown_grace_seconds: 10,
             dispatcher: DispatcherSection::default(),
             guard: GuardSection::default(),
+            quotas: QuotaSection::default(),
+            instance_id: String::new(),
         }
     }
 }
@@ -179,6 +193,17 @@ impl Config {
             policy
                 .validate()
                 .map_err(|e| anyhow::anyhow!("guard.tenants.{tenant}: {e}"))?;
+        }
+        self.quotas
+            .defaults
+            .validate()
+            .map_err(|e| anyhow::anyhow!("quotas.defaults: {e}"))?;
+        for (tenant, quota) in &self.quotas.tenants {
+            sesame_core::TenantId::parse(tenant)
+                .map_err(|e| anyhow::anyhow!("quotas.tenants.{tenant}: {e}"))?;
+            quota
+                .validate()
+                .map_err(|e| anyhow::anyhow!("quotas.tenants.{tenant}: {e}"))?;
         }
         self.roles()?;
         Ok(())

@@ -21,7 +21,7 @@ use sesame_proto::tenant::v1::challenge_service_server::ChallengeServiceServer;
 use sesame_proto::tenant::v1::enrollment_service_server::EnrollmentServiceServer;
 use sesame_push::SimulatorProvider;
 use sesame_queue::{MemQueue, MemQueueConfig, Queue};
-use sesame_ratelimit::{GuardPolicy, UserGuard};
+use sesame_ratelimit::{GuardPolicy, TenantLimiter, TenantQuota, UserGuard};
 use sesame_storage::{EmbeddedConfig, EmbeddedStorage, MemStorage, Storage};
 use sesame_verifier::{DeviceApi, ReplayGuard};
 use tokio::net::TcpListener;
@@ -153,6 +153,23 @@ impl Sesame {
             config.guard.defaults.clone(),
             tenant_policies,
         ));
+        let tenant_quotas: HashMap<TenantId, TenantQuota> = config
+            .quotas
+            .tenants
+            .iter()
+            .filter_map(|(t, q)| TenantId::parse(t).ok().map(|t| (t, q.clone())))
+            .collect();
+        let instance = if config.instance_id.is_empty() {
+            format!("sesame-{}", hex_id())
+        } else {
+            config.instance_id.clone()
+        };
+        let quotas = Arc::new(TenantLimiter::new(
+            instance,
+            storage.clone(),
+            config.quotas.defaults.clone(),
+            tenant_quotas,
+        ));
         let challenge_config = ChallengeConfig {
             public_device_url: config.device_url(),
             max_devices_per_user: config.max_devices_per_user,
@@ -166,6 +183,7 @@ impl Sesame {
             ));
             let retention = Duration::from_secs(config.challenge_retention_hours * 3600);
             background.spawn(purge_loop(storage.clone(), retention, guard_horizon_ms));
+            background.spawn(sesame_challenge::run_quota_sync(quotas.clone()));
             health
                 .set_serving::<EnrollmentServiceServer<EnrollmentApi>>()
                 .await;
@@ -184,6 +202,7 @@ impl Sesame {
                 Some(
                     ChallengeServiceServer::new(
                         ChallengeApi::new(storage.clone(), queue.clone(), auth, hub, guard.clone())
+                            .with_quotas(quotas.clone())
                             .with_shutdown(streams_shutdown.clone()),
                     )
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -302,6 +321,13 @@ impl Sesame {
         tracing::info!("sesame stopped");
         Ok(())
     }
+}
+
+fn hex_id() -> String {
+    sesame_core::ids::random_bytes::<6>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 async fn purge_loop(storage: Arc<dyn Storage>, retention: Duration, guard_horizon_ms: i64) {

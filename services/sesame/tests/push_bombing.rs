@@ -259,3 +259,49 @@ async fn idempotent_retry_of_the_pending_challenge_returns_it() {
     );
     h.shutdown().await;
 }
+
+/// One noisy tenant is held to its quota; another tenant is unaffected.
+#[tokio::test]
+async fn tenant_quota_limits_one_tenant_only() {
+    let h = Harness::start_configured(|c| {
+        c.quotas.tenants.insert(
+            "other-bank".into(),
+            sesame_ratelimit::TenantQuota {
+                per_second: 2.0,
+                per_day: 0,
+            },
+        );
+    })
+    .await;
+    let _theirs = h.enroll_other("zed").await;
+    let _ours = h.enroll("zed").await;
+    let mut ok = 0;
+    let mut limited_count = 0;
+    for _ in 0..6 {
+        let r = h
+            .challenges()
+            .create_challenge(h.req_other(Harness::login_request("zed", ENTER, 0)))
+            .await;
+        match r {
+            Ok(_) => ok += 1,
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted);
+                assert_eq!(
+                    s.get_details_error_info().unwrap().reason,
+                    "TENANT_RATE_QUOTA"
+                );
+                assert!(
+                    s.metadata().get("grpc-retry-pushback-ms").is_none(),
+                    "may retry later"
+                );
+                limited_count += 1;
+            }
+        }
+    }
+    assert_eq!(ok, 2, "a burst of one second's worth");
+    assert_eq!(limited_count, 4);
+    for _ in 0..6 {
+        h.create("zed", ENTER, 0).await;
+    }
+    h.shutdown().await;
+}

@@ -53,6 +53,19 @@ impl Harness {
 
     /// A server whose tenants all get this push-bombing guard policy.
     pub async fn start_with(guard: GuardPolicy) -> Harness {
+        Self::start_custom(move |c| c.guard.defaults = guard).await
+    }
+
+    /// A server with the lenient guard and any other configuration change.
+    pub async fn start_configured(tweak: impl FnOnce(&mut Config)) -> Harness {
+        Self::start_custom(move |c| {
+            c.guard.defaults = lenient_guard();
+            tweak(c);
+        })
+        .await
+    }
+
+    async fn start_custom(tweak: impl FnOnce(&mut Config)) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -63,7 +76,7 @@ impl Harness {
             data_dir: dir.path().to_path_buf(),
             ..Config::default()
         };
-        config.guard.defaults = guard;
+        tweak(&mut config);
         let app = Sesame::open(config).expect("open");
         let key_file = app.ensure_dev_tenant().await.expect("dev tenant");
         let key = std::fs::read_to_string(key_file)

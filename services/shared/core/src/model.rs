@@ -253,6 +253,21 @@ pub struct UserGuardState {
     pub locked_until: UnixMillis,
 }
 
+/// One instance's report of a tenant's traffic, written in the background by
+/// every instance that serves the tenant, so each can size its local share of
+/// the tenant's quota without a storage call on the hot path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageReport {
+    pub instance: String,
+    /// Challenges per second asked of this instance recently (accepted or not).
+    pub demand_per_s: f64,
+    /// The UTC day (days since the epoch) `day_used` counts.
+    pub day: i64,
+    /// Challenges this instance admitted that day.
+    pub day_used: u64,
+    pub reported_at: UnixMillis,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingSlot {
     pub challenge_id: ChallengeId,

@@ -29,7 +29,7 @@ use redb::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use sesame_core::model::UserGuardState;
+use sesame_core::model::{UsageReport, UserGuardState};
 use sesame_core::time::UnixMillis;
 use sesame_core::{
     ApiKeyRecord, Challenge, ChallengeId, Device, DeviceId, EnrollmentTicket, Resolution, Tenant,
@@ -63,7 +63,11 @@ struct GuardRecord {
     state: UserGuardState,
 }
 
-const ALL_TABLES: [Table; 10] = [
+/// tenant \0 instance -> usage report.
+const USAGE: Table = TableDefinition::new("usage");
+
+const ALL_TABLES: [Table; 11] = [
+    USAGE,
     USER_GUARDS,
     TENANTS,
     API_KEYS,
@@ -656,6 +660,30 @@ impl Storage for EmbeddedStorage {
         .await
     }
 
+    async fn put_usage(&self, tenant: &TenantId, report: &UsageReport) -> Result<()> {
+        let key = key2(tenant.as_str(), &report.instance);
+        let value = encode(report)?;
+        self.write(move |txn| put_in(txn, USAGE, &key, &value))
+            .await
+    }
+
+    async fn list_usage(&self, tenant: &TenantId) -> Result<Vec<UsageReport>> {
+        let prefix = tenant.as_str().as_bytes().to_vec();
+        let mut start = prefix.clone();
+        start.push(0);
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(USAGE).map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in table
+            .range(start.as_slice()..prefix_end(&prefix).as_slice())
+            .map_err(backend)?
+        {
+            let (_, v) = entry.map_err(backend)?;
+            out.push(decode::<UsageReport>("usage", v.value())?);
+        }
+        Ok(out)
+    }
+
     async fn purge_expired(
         &self,
         now: UnixMillis,
@@ -664,6 +692,17 @@ impl Storage for EmbeddedStorage {
     ) -> Result<usize> {
         self.write(move |txn| {
             let mut purged = 0usize;
+            {
+                let mut t = txn.open_table(USAGE).map_err(backend)?;
+                let before = t.len().map_err(backend)?;
+                t.retain(|_, v| {
+                    serde_json::from_slice::<UsageReport>(v)
+                        .map(|r| r.reported_at >= guards_before)
+                        .unwrap_or(false)
+                })
+                .map_err(backend)?;
+                purged += (before - t.len().map_err(backend)?) as usize;
+            }
             {
                 let mut t = txn.open_table(USER_GUARDS).map_err(backend)?;
                 let before = t.len().map_err(backend)?;

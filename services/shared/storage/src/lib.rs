@@ -18,7 +18,7 @@ mod mem;
 pub mod testsuite;
 
 use async_trait::async_trait;
-use sesame_core::model::UserGuardState;
+use sesame_core::model::{UsageReport, UserGuardState};
 use sesame_core::time::UnixMillis;
 use sesame_core::{
     ApiKeyRecord, Challenge, ChallengeId, Device, DeviceId, EnrollmentTicket, Resolution, Tenant,
@@ -122,9 +122,15 @@ pub trait Storage: Send + Sync + 'static {
         state: &UserGuardState,
     ) -> Result<bool>;
 
+    /// Replaces this instance's usage report for the tenant (idempotent overwrite).
+    async fn put_usage(&self, tenant: &TenantId, report: &UsageReport) -> Result<()>;
+    /// Every instance's latest usage report for the tenant.
+    async fn list_usage(&self, tenant: &TenantId) -> Result<Vec<UsageReport>>;
+
     /// Deletes enrollment tickets expired before `now`, challenges that
-    /// expired before `challenges_before`, and guard records whose last
-    /// relevant time is before `guards_before`. Returns how many records went.
+    /// expired before `challenges_before`, and guard records and usage
+    /// reports whose last relevant time is before `guards_before`. Returns
+    /// how many records went.
     async fn purge_expired(
         &self,
         now: UnixMillis,

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use sesame_core::model::UserGuardState;
+use sesame_core::model::{UsageReport, UserGuardState};
 use sesame_core::time::UnixMillis;
 use sesame_core::{
     ApiKeyRecord, Challenge, ChallengeId, Device, DeviceId, EnrollmentTicket, Resolution, Tenant,
@@ -24,6 +24,7 @@ struct Inner {
     challenges: HashMap<ChallengeId, Challenge>,
     idempotency: HashMap<(TenantId, String), ChallengeId>,
     guards: HashMap<(TenantId, String), (u64, UserGuardState)>,
+    usage: HashMap<(TenantId, String), UsageReport>,
 }
 
 #[derive(Default)]
@@ -251,6 +252,25 @@ impl Storage for MemStorage {
         Ok(true)
     }
 
+    async fn put_usage(&self, tenant: &TenantId, report: &UsageReport) -> Result<()> {
+        self.lock()?
+            .usage
+            .insert((tenant.clone(), report.instance.clone()), report.clone());
+        Ok(())
+    }
+
+    async fn list_usage(&self, tenant: &TenantId) -> Result<Vec<UsageReport>> {
+        let g = self.lock()?;
+        let mut v: Vec<UsageReport> = g
+            .usage
+            .iter()
+            .filter(|((t, _), _)| t == tenant)
+            .map(|(_, r)| r.clone())
+            .collect();
+        v.sort_by(|a, b| a.instance.cmp(&b.instance));
+        Ok(v)
+    }
+
     async fn purge_expired(
         &self,
         now: UnixMillis,
@@ -264,6 +284,7 @@ impl Storage for MemStorage {
             .retain(|_, c| c.expires_at >= challenges_before);
         g.guards
             .retain(|_, (_, st)| st.last_relevant() >= guards_before);
+        g.usage.retain(|_, r| r.reported_at >= guards_before);
         let Inner {
             idempotency,
             challenges,

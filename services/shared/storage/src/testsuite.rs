@@ -502,6 +502,32 @@ pub async fn user_guard_race_has_one_winner(s: Store) {
     assert_eq!(s.get_user_guard(&t, "racer").await.unwrap().0, 1);
 }
 
+/// Usage reports: one per (tenant, instance), overwritten, listed per tenant.
+pub async fn usage_reports_overwrite_per_instance(s: Store) {
+    let (t1, t2) = (fresh_tenant(), fresh_tenant());
+    let report = |instance: &str, day_used: u64| UsageReport {
+        instance: instance.into(),
+        demand_per_s: 1.5,
+        day: 20_000,
+        day_used,
+        reported_at: now_ms(),
+    };
+    assert!(s.list_usage(&t1).await.unwrap().is_empty());
+    s.put_usage(&t1, &report("a", 1)).await.unwrap();
+    s.put_usage(&t1, &report("b", 2)).await.unwrap();
+    s.put_usage(&t1, &report("a", 3)).await.unwrap();
+    s.put_usage(&t2, &report("a", 9)).await.unwrap();
+    let mut got = s.list_usage(&t1).await.unwrap();
+    got.sort_by(|x, y| x.instance.cmp(&y.instance));
+    assert_eq!(
+        got.iter()
+            .map(|r| (r.instance.as_str(), r.day_used))
+            .collect::<Vec<_>>(),
+        vec![("a", 3), ("b", 2)]
+    );
+    assert_eq!(s.list_usage(&t2).await.unwrap().len(), 1);
+}
+
 /// Expands to one `#[tokio::test]` per conformance case for the backend
 /// built by `$make` (an async expression yielding `Arc<dyn Storage>`).
 #[macro_export]
@@ -522,6 +548,7 @@ macro_rules! storage_suite {
             answer_race_has_one_winner,
             user_guard_compare_and_set,
             user_guard_race_has_one_winner,
+            usage_reports_overwrite_per_instance,
             purge_removes_only_expired
         );
     };
