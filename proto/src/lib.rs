@@ -25,6 +25,12 @@ pub mod device {
     }
 }
 
+pub mod ratelimit {
+    pub mod v1 {
+        include!("gen/sesame.ratelimit.v1.rs");
+    }
+}
+
 pub mod simulator {
     pub mod v1 {
         include!("gen/sesame.simulator.v1.rs");

@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "sesame/tenant/v1/tenant.proto",
     "sesame/device/v1/device.proto",
     "sesame/simulator/v1/simulator.proto",
+    "sesame/ratelimit/v1/ratelimit.proto",
 ];
 
 fn generate(out: &Path) {

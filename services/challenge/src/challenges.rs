@@ -183,9 +183,9 @@ impl ChallengeApi {
                         }
                     }
                 }
-                return Err(sesame_grpc::refusal(&r, now));
+                return Err(crate::refusal(&r, now));
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(crate::guard_error(e)),
         };
         // Repeated denials: the user must prove they see the page.
         let mode = if admission.number_match_forced && mode == NumberMatchMode::None {
@@ -410,7 +410,7 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
             .guard
             .status(&tenant, &user, now)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(crate::guard_error)?;
         let policy = self.guard.policy(&tenant);
         let since = |secs: u64| now - (secs as i64).saturating_mul(1000);
         let pending_challenge_id = match &state.pending {

@@ -8,19 +8,19 @@
 //! Both services are thin adapters from proto to the domain; all state lives
 //! behind the `Storage` and `Queue` traits so any number of replicas can run.
 
-pub mod apikey;
-mod auth;
 mod challenges;
 mod enrollment;
 mod hub;
+mod limits;
 mod shutdown;
 
 use std::sync::Arc;
 
-pub use auth::TenantAuth;
 pub use challenges::ChallengeApi;
 pub use enrollment::EnrollmentApi;
 pub use hub::WatchHub;
+pub use limits::{guard_error, refusal};
+pub use sesame_grpc::{apikey, TenantAuth};
 pub use shutdown::Shutdown;
 
 use sesame_queue::{Event, EventError, Queue};

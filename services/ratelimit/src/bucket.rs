@@ -41,6 +41,38 @@ impl Bucket {
         Err((((n - self.tokens) / self.rate_per_s) * 1000.0).ceil() as i64)
     }
 
+    /// Like [`Bucket::take`] without taking.
+    pub fn would_take(&mut self, n: f64, now_ms: i64) -> Result<(), i64> {
+        self.refill(now_ms);
+        if self.tokens >= n {
+            Ok(())
+        } else if self.rate_per_s <= 0.0 {
+            Err(i64::MAX)
+        } else {
+            Err((((n - self.tokens) / self.rate_per_s) * 1000.0).ceil() as i64)
+        }
+    }
+
+    /// Tokens available now.
+    pub fn available(&mut self, now_ms: i64) -> f64 {
+        self.refill(now_ms);
+        self.tokens
+    }
+
+    pub fn is_full(&mut self, now_ms: i64) -> bool {
+        self.available(now_ms) >= self.burst
+    }
+
+    /// Milliseconds until the bucket is full again.
+    pub fn time_to_full_ms(&mut self, now_ms: i64) -> i64 {
+        let missing = self.burst - self.available(now_ms);
+        if missing <= 0.0 || self.rate_per_s <= 0.0 {
+            0
+        } else {
+            ((missing / self.rate_per_s) * 1000.0).ceil() as i64
+        }
+    }
+
     /// Changes the rate and burst, keeping the tokens already earned.
     pub fn resize(&mut self, rate_per_s: f64, burst: f64, now_ms: i64) {
         self.refill(now_ms);

@@ -12,10 +12,14 @@
 //! [`UserGuardState`]: sesame_core::model::UserGuardState
 
 pub mod bucket;
+pub mod descriptors;
 pub mod quota;
 pub mod rules;
+mod service;
 mod user_guard;
 
+pub use descriptors::{DescriptorDecision, DescriptorLimit, DescriptorLimiter, LimitUnit};
 pub use quota::{QuotaRefusal, TenantLimiter, TenantQuota};
 pub use rules::{Escalation, GuardPolicy, Refusal};
+pub use service::RateLimitApi;
 pub use user_guard::{Admission, GuardError, UserGuard};

@@ -254,7 +254,7 @@ impl TenantLimiter {
 
     fn evict_idle(&self, now: UnixMillis, idle_ms: i64) {
         self.tenants.retain(|_, st| {
-            st.lock()
+            st.get_mut()
                 .map(|s| now - s.last_request_ms < idle_ms)
                 .unwrap_or(false)
         });

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use sesame_ratelimit::{GuardPolicy, TenantQuota};
+use sesame_ratelimit::{DescriptorLimit, GuardPolicy, TenantQuota};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -21,7 +21,7 @@ pub struct Config {
     pub storage: String,
     /// `memory`: the in-process bounded queue.
     pub queue: String,
-    /// Roles this process runs: `all`, or any of `challenge`, `verifier`, `dispatcher`.
+    /// Roles this process runs: `all`, or any of `challenge`, `verifier`, `dispatcher`, `ratelimit`.
     pub roles: Vec<String>,
     /// Device API URL put into enrollment URIs; empty means `http://<listen>`.
     pub public_device_url: String,
@@ -43,6 +43,7 @@ pub struct Config {
     pub dispatcher: DispatcherSection,
     pub guard: GuardSection,
     pub quotas: QuotaSection,
+    pub ratelimit: RateLimitSection,
     /// This process's name in quota usage reports; empty: random per start.
     pub instance_id: String,
 }
@@ -64,6 +65,15 @@ pub struct QuotaSection {
 pub struct GuardSection {
     pub defaults: GuardPolicy,
     pub tenants: BTreeMap<String, GuardPolicy>,
+}
+
+/// Limits the `ratelimit` role applies to tenants' own keys, e.g.
+/// `[[ratelimit.limits]]` `domain = "login"`, `keys = ["ip"]`,
+/// `requests_per_unit = 10`, `unit = "minute"`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSection {
+    pub limits: Vec<DescriptorLimit>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,6 +113,7 @@ impl Default for Config {
             dispatcher: DispatcherSection::default(),
             guard: GuardSection::default(),
             quotas: QuotaSection::default(),
+            ratelimit: RateLimitSection::default(),
             instance_id: String::new(),
         }
     }
@@ -114,6 +125,7 @@ pub struct Roles {
     pub challenge: bool,
     pub verifier: bool,
     pub dispatcher: bool,
+    pub ratelimit: bool,
 }
 
 impl Config {
@@ -205,6 +217,11 @@ impl Config {
                 .validate()
                 .map_err(|e| anyhow::anyhow!("quotas.tenants.{tenant}: {e}"))?;
         }
+        for (i, limit) in self.ratelimit.limits.iter().enumerate() {
+            limit
+                .validate()
+                .map_err(|e| anyhow::anyhow!("ratelimit.limits[{i}]: {e}"))?;
+        }
         self.roles()?;
         Ok(())
     }
@@ -214,6 +231,7 @@ impl Config {
             challenge: false,
             verifier: false,
             dispatcher: false,
+            ratelimit: false,
         };
         anyhow::ensure!(!self.roles.is_empty(), "roles is empty: use [\"all\"]");
         for role in &self.roles {
@@ -222,12 +240,14 @@ impl Config {
                     r.challenge = true;
                     r.verifier = true;
                     r.dispatcher = true;
+                    r.ratelimit = true;
                 }
                 "challenge" => r.challenge = true,
                 "verifier" => r.verifier = true,
                 "dispatcher" => r.dispatcher = true,
+                "ratelimit" => r.ratelimit = true,
                 other => anyhow::bail!(
-                    "unknown role {other:?}: use all, challenge, verifier or dispatcher"
+                    "unknown role {other:?}: use all, challenge, verifier, dispatcher or ratelimit"
                 ),
             }
         }
@@ -336,6 +356,40 @@ mod tests {
         assert!(!c.durable_writes);
         let r = c.roles().unwrap();
         assert!(r.challenge && r.verifier && !r.dispatcher);
+    }
+
+    #[test]
+    fn limits_guard_and_quotas_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            r#"
+[guard.defaults]
+max_prompts = 3
+[guard.tenants.bank]
+fraud_mute_secs = 60
+[quotas.tenants.bank]
+per_second = 50.0
+per_day = 100000
+[[ratelimit.limits]]
+domain = "login"
+keys = ["ip"]
+requests_per_unit = 10
+unit = "minute"
+"#,
+        )
+        .unwrap();
+        let c = Config::load(Some(&f), &BTreeMap::new()).unwrap();
+        assert_eq!(c.guard.defaults.max_prompts, 3);
+        assert_eq!(c.guard.tenants["bank"].fraud_mute_secs, 60);
+        assert_eq!(c.guard.tenants["bank"].max_prompts, 5, "built-in default");
+        assert_eq!(c.quotas.tenants["bank"].per_day, 100_000);
+        assert_eq!(c.ratelimit.limits[0].requests_per_unit, 10);
+        std::fs::write(&f, "[guard.tenants.Bad]\nmax_prompts = 1\n").unwrap();
+        assert!(Config::load(Some(&f), &BTreeMap::new()).is_err());
+        std::fs::write(&f, "[guard.defaults]\nmax_prompts = 0\n").unwrap();
+        assert!(Config::load(Some(&f), &BTreeMap::new()).is_err());
     }
 
     #[test]

@@ -16,12 +16,15 @@ use sesame_core::time::now_ms;
 use sesame_core::{Tenant, TenantId};
 use sesame_dispatcher::{Dispatcher, DispatcherConfig};
 use sesame_proto::device::v1::device_service_server::DeviceServiceServer;
+use sesame_proto::ratelimit::v1::rate_limit_service_server::RateLimitServiceServer;
 use sesame_proto::simulator::v1::push_inbox_server::PushInboxServer;
 use sesame_proto::tenant::v1::challenge_service_server::ChallengeServiceServer;
 use sesame_proto::tenant::v1::enrollment_service_server::EnrollmentServiceServer;
 use sesame_push::SimulatorProvider;
 use sesame_queue::{MemQueue, MemQueueConfig, Queue};
-use sesame_ratelimit::{GuardPolicy, TenantLimiter, TenantQuota, UserGuard};
+use sesame_ratelimit::{
+    DescriptorLimiter, GuardPolicy, RateLimitApi, TenantLimiter, TenantQuota, UserGuard,
+};
 use sesame_storage::{EmbeddedConfig, EmbeddedStorage, MemStorage, Storage};
 use sesame_verifier::{DeviceApi, ReplayGuard};
 use tokio::net::TcpListener;
@@ -36,6 +39,7 @@ pub const DEV_KEY_FILE: &str = "dev-tenant.key";
 const ENROLLMENT_SERVICE: &str = "sesame.tenant.v1.EnrollmentService";
 const CHALLENGE_SERVICE: &str = "sesame.tenant.v1.ChallengeService";
 const DEVICE_SERVICE: &str = "sesame.device.v1.DeviceService";
+const RATELIMIT_SERVICE: &str = "sesame.ratelimit.v1.RateLimitService";
 
 /// Largest request message accepted, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -230,6 +234,20 @@ impl Sesame {
             health.set_serving::<DeviceServiceServer<DeviceApi>>().await;
         }
 
+        let ratelimit = roles.ratelimit.then(|| {
+            let limiter = Arc::new(DescriptorLimiter::new(config.ratelimit.limits.clone()));
+            RateLimitServiceServer::new(RateLimitApi::new(
+                limiter,
+                TenantAuth::new(storage.clone()),
+            ))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        });
+        if ratelimit.is_some() {
+            health
+                .set_serving::<RateLimitServiceServer<RateLimitApi>>()
+                .await;
+        }
+
         let dispatcher_done = if roles.dispatcher {
             let d = Dispatcher::new(
                 queue.clone(),
@@ -257,7 +275,13 @@ impl Sesame {
         tokio::spawn(async move {
             shutdown.await;
             // Readiness goes first, so load balancers stop sending new calls.
-            for service in ["", ENROLLMENT_SERVICE, CHALLENGE_SERVICE, DEVICE_SERVICE] {
+            for service in [
+                "",
+                ENROLLMENT_SERVICE,
+                CHALLENGE_SERVICE,
+                DEVICE_SERVICE,
+                RATELIMIT_SERVICE,
+            ] {
                 health_for_drain
                     .set_service_status(service, tonic_health::ServingStatus::NotServing)
                     .await;
@@ -277,6 +301,7 @@ impl Sesame {
             .add_optional_service(enrollment)
             .add_optional_service(challenges)
             .add_optional_service(device)
+            .add_optional_service(ratelimit)
             .add_optional_service(inbox)
             .serve_with_incoming_shutdown(
                 // `tcp_nodelay` above applies only to listeners tonic binds

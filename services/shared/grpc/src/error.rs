@@ -5,7 +5,6 @@ use sesame_queue::QueueError;
 use sesame_storage::StorageError;
 use std::collections::HashMap;
 
-use sesame_ratelimit::{GuardError, Refusal};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -78,43 +77,6 @@ impl From<StorageError> for ApiError {
             e @ (StorageError::Backend(_) | StorageError::Corrupt { .. }) => {
                 ApiError::Internal(e.to_string())
             }
-        }
-    }
-}
-
-/// How a guard refusal reads to the tenant.
-pub fn refusal(r: &Refusal, now: sesame_core::time::UnixMillis) -> ApiError {
-    let secs = (r.retry_at() - now).max(0) as u64 / 1000;
-    let message = match r {
-        Refusal::Pending { challenge_id, .. } => format!(
-            "the user already has a pending challenge ({challenge_id}); wait for its verdict, cancel it, or set options.replace_pending"
-        ),
-        Refusal::TooManyPrompts { .. } => format!(
-            "the user got the maximum number of prompts in the current window; the next is possible in {secs} s"
-        ),
-        Refusal::Muted { .. } => format!(
-            "the user reported a sign-in request as fraud; prompts are muted for {secs} s more"
-        ),
-        Refusal::Locked { .. } => format!(
-            "the user denied too many requests; prompts are locked for {secs} s more"
-        ),
-    };
-    ApiError::Limited {
-        message,
-        reason: r.reason(),
-        retry_after: std::time::Duration::from_millis((r.retry_at() - now).max(0) as u64),
-        do_not_retry: true,
-    }
-}
-
-impl From<GuardError> for ApiError {
-    fn from(e: GuardError) -> Self {
-        match e {
-            GuardError::Refused(r) => refusal(&r, sesame_core::time::now_ms()),
-            GuardError::Storage(s) => s.into(),
-            GuardError::Contention => ApiError::Unavailable(
-                "too many concurrent requests for this user; retry shortly".into(),
-            ),
         }
     }
 }

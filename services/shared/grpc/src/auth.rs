@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::ApiError;
 use dashmap::DashMap;
 use sesame_core::TenantId;
-use sesame_grpc::ApiError;
 use sesame_storage::Storage;
 use subtle::ConstantTimeEq;
 use tonic::metadata::MetadataMap;
