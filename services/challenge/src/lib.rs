@@ -67,6 +67,13 @@ pub async fn run_event_loop(queue: Arc<dyn Queue>, storage: Arc<dyn Storage>, hu
                 }
                 Err(e) => tracing::warn!(error = %e, %device_id, "cannot disable a dead token"),
             },
+            Ok(Event::Audit(a)) => tracing::warn!(
+                target: "sesame::audit",
+                tenant = %a.tenant_id,
+                challenge_id = ?a.challenge_id.as_ref().map(|c| c.to_string()),
+                kind = ?a.kind,
+                "security event"
+            ),
             // Missed events: every watcher re-reads its challenge.
             Err(EventError::Lagged(n)) => {
                 tracing::warn!(

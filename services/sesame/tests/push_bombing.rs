@@ -124,12 +124,37 @@ async fn fraud_report_mutes_the_user_and_the_tenant_sees_it() {
     let h = Harness::start_with(GuardPolicy::default()).await;
     let phone = h.enroll("bob").await;
     let _other = h.enroll("carol").await;
+    let mut events = h.queue.subscribe_events().await.unwrap();
     let c = h.create("bob", ENTER, 0).await;
     let d = details(&phone, &c.challenge_id).await;
     phone
         .respond(&d, &answer(Decision::DenyFraud))
         .await
         .unwrap();
+
+    // The report is on the audit stream, with who, which challenge and until when.
+    let audit = loop {
+        let e = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("audit event within 5 s")
+            .expect("event stream");
+        if let sesame_queue::Event::Audit(a) = e {
+            break a;
+        }
+    };
+    assert_eq!(audit.tenant_id.as_str(), "dev");
+    assert_eq!(audit.user_id, "bob");
+    assert_eq!(
+        audit.challenge_id.map(|c| c.to_string()),
+        Some(c.challenge_id.clone())
+    );
+    assert_eq!(
+        audit.device_id.map(|d| d.to_string()),
+        Some(phone.device_id().to_string())
+    );
+    assert!(
+        matches!(audit.kind, sesame_queue::AuditKind::FraudReported { muted_until } if muted_until > 0)
+    );
 
     let st = user_status(&h, "bob").await;
     let left = st.muted_until_unix_ms - sesame_core::time::now_ms();

@@ -12,7 +12,7 @@ use sesame_core::time::now_ms;
 use sesame_core::{number_match, validate, ChallengeId, DeviceId};
 use sesame_grpc::{convert, ApiError};
 use sesame_proto::device::v1 as pb;
-use sesame_queue::{Event, Queue};
+use sesame_queue::{AuditEvent, AuditKind, Event, Queue};
 use sesame_ratelimit::{Escalation, UserGuard};
 use sesame_storage::{Storage, StorageError};
 use sha2::{Digest, Sha256};
@@ -340,6 +340,7 @@ impl DeviceApi {
         };
         // Resolve and announce in a task of its own: if this call is
         // cancelled after the commit, watchers must still hear of it.
+        let resolution_device = resolution.device_id.clone();
         let (storage, queue, guard, id) = (
             self.storage.clone(),
             self.queue.clone(),
@@ -356,18 +357,33 @@ impl DeviceApi {
             // Denials feed the push-bombing guard: escalation, lock, mute.
             if let Outcome::Denied(reason) = outcome {
                 let fraud = reason == DenyReason::FraudReported;
-                match guard
+                let escalation = guard
                     .record_denial(&resolved.tenant_id, &resolved.user_id, now, fraud)
-                    .await
-                {
-                    Ok(Escalation::None) => {}
-                    Ok(e) => tracing::warn!(
-                        tenant = %resolved.tenant_id,
-                        challenge_id = %resolved.id,
-                        escalation = ?e,
-                        "user's prompts restricted after a denial"
-                    ),
-                    Err(e) => tracing::error!(error = %e, challenge_id = %resolved.id, "cannot record a denial"),
+                    .await;
+                let kind = match escalation {
+                    Ok(Escalation::None) => None,
+                    Ok(Escalation::NumberMatchForced) => Some(AuditKind::NumberMatchForced),
+                    Ok(Escalation::Locked { until }) => Some(AuditKind::PromptsLocked {
+                        locked_until: until,
+                    }),
+                    Ok(Escalation::Muted { until }) => Some(AuditKind::FraudReported {
+                        muted_until: until,
+                    }),
+                    Err(e) => {
+                        tracing::error!(error = %e, challenge_id = %resolved.id, "cannot record a denial");
+                        // The report itself must still reach the audit trail.
+                        fraud.then_some(AuditKind::FraudReported { muted_until: 0 })
+                    }
+                };
+                if let Some(kind) = kind {
+                    let _ = queue.publish_event(Event::Audit(AuditEvent {
+                        tenant_id: resolved.tenant_id.clone(),
+                        user_id: resolved.user_id.clone(),
+                        device_id: resolution_device.clone(),
+                        challenge_id: Some(resolved.id.clone()),
+                        kind,
+                        at: now,
+                    }));
                 }
             }
             Ok::<_, StorageError>(resolved)

@@ -29,6 +29,7 @@ pub struct Harness {
     pub other_key: String,
     pub storage: std::sync::Arc<dyn sesame_storage::Storage>,
     pub simulator: std::sync::Arc<sesame_push::SimulatorProvider>,
+    pub queue: std::sync::Arc<dyn sesame_queue::Queue>,
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -97,6 +98,7 @@ impl Harness {
         app.storage.put_api_key(&rec).await.expect("key");
         let storage = app.storage.clone();
         let simulator = app.simulator.clone();
+        let queue = app.queue.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(app.serve(listener, async {
             let _ = stopped.await;
@@ -110,6 +112,7 @@ impl Harness {
             other_key,
             storage,
             simulator,
+            queue,
             _dir: dir,
             stop: Some(stop),
             task: Some(task),

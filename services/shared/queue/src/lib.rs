@@ -47,6 +47,30 @@ pub enum Event {
         device_id: DeviceId,
         push_token: String,
     },
+    /// A security-relevant act a tenant must be able to see. Today these
+    /// go to every subscriber (and the `challenge` role's log); the
+    /// tamper-evident audit log and tenant webhooks will consume them.
+    Audit(AuditEvent),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub tenant_id: TenantId,
+    pub user_id: String,
+    pub device_id: Option<DeviceId>,
+    pub challenge_id: Option<ChallengeId>,
+    pub kind: AuditKind,
+    pub at: UnixMillis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuditKind {
+    /// "Deny: this wasn't me": the user's prompts are muted until then.
+    FraudReported { muted_until: UnixMillis },
+    /// Too many denials: prompts locked until then.
+    PromptsLocked { locked_until: UnixMillis },
+    /// Repeated denials: number matching is now forced for the user.
+    NumberMatchForced,
 }
 
 /// Serializable mirror of [`ChallengeStatus`].
