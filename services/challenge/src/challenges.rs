@@ -13,7 +13,7 @@ use sesame_core::{number_match, payload, validate, ChallengeId, TenantId};
 use sesame_grpc::{convert, ApiError};
 use sesame_proto::tenant::v1 as pb;
 use sesame_queue::{Event, PushJob, Queue, QueueError};
-use sesame_ratelimit::{rules, GuardError, QuotaRefusal, Refusal, TenantLimiter, UserGuard};
+use sesame_ratelimit::{rules, GuardError, QuotaRefusal, TenantLimiter, UserGuard};
 use sesame_storage::{Created, Storage, StorageError};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -92,6 +92,30 @@ impl ChallengeApi {
         }
     }
 
+    /// The part of CreateChallenge with side effects, detached from the call.
+    fn creator(&self) -> Creator {
+        Creator {
+            storage: self.storage.clone(),
+            queue: self.queue.clone(),
+            guard: self.guard.clone(),
+            quotas: self.quotas.clone(),
+        }
+    }
+}
+
+/// Runs CreateChallenge in a task of its own: once the guard has admitted a
+/// challenge, storing it, queueing its pushes and (on failure) releasing the
+/// admission must finish even if the caller goes away, or the user would be
+/// blocked until the challenge would have expired.
+#[derive(Clone)]
+struct Creator {
+    storage: Arc<dyn Storage>,
+    queue: Arc<dyn Queue>,
+    guard: Arc<UserGuard>,
+    quotas: Option<Arc<TenantLimiter>>,
+}
+
+impl Creator {
     async fn create(
         &self,
         tenant: TenantId,
@@ -139,6 +163,16 @@ impl ChallengeApi {
         }
 
         let now = now_ms();
+        // A retry of the still-pending challenge gets it back, before any
+        // limit is charged for it.
+        if !options.idempotency_key.is_empty() {
+            if let Some(c) = self
+                .pending_with_key(&tenant, &req.user_id, &options.idempotency_key, now)
+                .await?
+            {
+                return Ok(c);
+            }
+        }
         if let Some(q) = &self.quotas {
             q.check(&tenant, now).map_err(|r| ApiError::Limited {
                 message: match r {
@@ -169,23 +203,17 @@ impl ChallengeApi {
             .await
         {
             Ok(a) => a,
-            Err(GuardError::Refused(r @ Refusal::Pending { .. })) => {
-                // An idempotent retry of the pending challenge gets it back.
-                if let Refusal::Pending { challenge_id, .. } = &r {
-                    if !options.idempotency_key.is_empty() {
-                        if let Some(c) = self.storage.get_challenge(challenge_id).await? {
-                            if c.tenant_id == tenant
-                                && c.user_id == req.user_id
-                                && c.idempotency_key.as_deref() == Some(&options.idempotency_key)
-                            {
-                                return Ok(c);
-                            }
-                        }
-                    }
+            Err(e) => {
+                // Refused for this user: it must not cost the tenant's quota,
+                // or bombing one user would lock out the tenant's others.
+                if let Some(q) = &self.quotas {
+                    q.refund(&tenant, now);
                 }
-                return Err(crate::refusal(&r, now));
+                return Err(match e {
+                    GuardError::Refused(r) => crate::refusal(&r, now),
+                    e => crate::guard_error(e),
+                });
             }
-            Err(e) => return Err(crate::guard_error(e)),
         };
         // Repeated denials: the user must prove they see the page.
         let mode = if admission.number_match_forced && mode == NumberMatchMode::None {
@@ -215,18 +243,51 @@ impl ChallengeApi {
         match self.store_and_push(challenge, &devices).await {
             Ok((c, true)) => {
                 if let Some(old) = admission.replaced {
-                    self.cancel_replaced(&tenant_id, &old).await;
+                    self.cancel_replaced(&tenant_id, &old.challenge_id).await;
                 }
                 Ok(c)
             }
             other => {
-                // Nothing new reached the user: give the prompt back.
-                if let Err(e) = self.guard.release(&tenant_id, &user_id, &id, now).await {
+                // Nothing new reached the user: give the prompt back, and the
+                // slot to the challenge this one was to replace.
+                if let Err(e) = self
+                    .guard
+                    .release(&tenant_id, &user_id, &id, now, admission.replaced.clone())
+                    .await
+                {
                     tracing::warn!(error = %e, challenge_id = %id, "cannot release a guard admission");
                 }
                 other.map(|(c, _)| c)
             }
         }
+    }
+
+    /// The user's pending challenge, if it carries this idempotency key.
+    async fn pending_with_key(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+        key: &str,
+        now: i64,
+    ) -> Result<Option<Challenge>, ApiError> {
+        let state = self
+            .guard
+            .status(tenant, user, now)
+            .await
+            .map_err(crate::guard_error)?;
+        let Some(slot) = state.pending else {
+            return Ok(None);
+        };
+        Ok(self
+            .storage
+            .get_challenge(&slot.challenge_id)
+            .await?
+            .filter(|c| {
+                &c.tenant_id == tenant
+                    && c.user_id == user
+                    && c.idempotency_key.as_deref() == Some(key)
+                    && c.status(now) == ChallengeStatus::Pending
+            }))
     }
 
     /// Stores the challenge and queues its pushes. `(challenge, true)` for a
@@ -323,7 +384,11 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
         request: Request<pb::CreateChallengeRequest>,
     ) -> Result<Response<pb::CreateChallengeResponse>, Status> {
         let tenant = self.auth.authenticate(request.metadata()).await?;
-        let c = self.create(tenant, request.into_inner()).await?;
+        let creator = self.creator();
+        let req = request.into_inner();
+        let c = tokio::spawn(async move { creator.create(tenant, req).await })
+            .await
+            .map_err(|e| ApiError::Internal(format!("create task failed: {e}")))??;
         Ok(Response::new(pb::CreateChallengeResponse {
             challenge: Some(challenge_out(&c, now_ms())),
         }))

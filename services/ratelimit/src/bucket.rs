@@ -73,6 +73,12 @@ impl Bucket {
         }
     }
 
+    /// Returns `n` tokens taken for a request that was refused further on.
+    pub fn give_back(&mut self, n: f64, now_ms: i64) {
+        self.refill(now_ms);
+        self.tokens = (self.tokens + n).min(self.burst);
+    }
+
     /// Changes the rate and burst, keeping the tokens already earned.
     pub fn resize(&mut self, rate_per_s: f64, burst: f64, now_ms: i64) {
         self.refill(now_ms);

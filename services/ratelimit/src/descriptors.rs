@@ -5,7 +5,9 @@
 //! `requests_per_unit` refilled over the unit, so bursts up to the limit pass
 //! and the long-run rate is the limit. Counters are per instance: run one
 //! replica of the role per key range, or accept N replicas admitting up to N
-//! times the limit (documented in ARCHITECTURE.md).
+//! times the limit (documented in ARCHITECTURE.md). Concurrent requests for
+//! the same key check and then take under two separate locks, so a burst of
+//! simultaneous requests can pass a few hits over the limit.
 
 use std::sync::Mutex;
 
@@ -110,16 +112,16 @@ impl DescriptorLimiter {
         })
     }
 
-    fn make_room(&self, now: UnixMillis) {
+    /// Whether a new counter may be created: at the cap, full (idle)
+    /// counters are dropped first; live counters are never dropped to make
+    /// room, so one tenant cannot reset another's limits by flooding keys.
+    fn make_room(&self, now: UnixMillis) -> bool {
         if self.counters.len() < MAX_COUNTERS {
-            return;
+            return true;
         }
         self.counters
             .retain(|_, b| b.get_mut().map(|b| !b.is_full(now)).unwrap_or(false));
-        if self.counters.len() >= MAX_COUNTERS {
-            // Still full of active counters: forget them rather than grow.
-            self.counters.clear();
-        }
+        self.counters.len() < MAX_COUNTERS
     }
 
     /// Decides on every descriptor. If any is over its limit, none consume.
@@ -138,7 +140,12 @@ impl DescriptorLimiter {
             let key = limit.as_ref().map(|_| counter_key(tenant, domain, entries));
             if let (Some(l), Some(k)) = (&limit, &key) {
                 if !self.counters.contains_key(k) {
-                    self.make_room(now);
+                    if !self.make_room(now) {
+                        // No room without forgetting live counters: this key
+                        // goes uncounted (fail open, as Envoy's service does).
+                        plan.push((limit, None));
+                        continue;
+                    }
                     self.counters.entry(k.clone()).or_insert_with(|| {
                         let burst = f64::from(l.requests_per_unit);
                         Mutex::new(Bucket::new(l.rate_per_s(), burst, now))

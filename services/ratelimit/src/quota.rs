@@ -7,8 +7,16 @@
 //! the background ([`TenantLimiter::sync`], about once a second), so the hot
 //! path ([`TenantLimiter::check`]) never touches storage. The daily quota is
 //! checked against this instance's count plus the other instances' counts
-//! from their last reports. Idle tenants are evicted, and the number of
-//! tenants tracked is bounded.
+//! from their last reports. Idle tenants are evicted (unless they used part
+//! of a daily quota today), and the number of tenants tracked is bounded: when
+//! every tracked tenant is busy, a new tenant goes unlimited rather than
+//! making the others forget their counts.
+//!
+//! Known limits: a restarted instance with a random `instance_id` starts its
+//! own daily count from zero (its previous reports still count as another
+//! instance's until the day ends); and sync costs one durable write and one
+//! read per active tenant per second, so thousands of active tenants need the
+//! ScyllaDB backend.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +31,8 @@ use sesame_storage::{Storage, StorageError};
 use crate::bucket::Bucket;
 
 const DAY_MS: i64 = 86_400_000;
+/// How often [`TenantLimiter::sync`] is expected to run.
+pub const SYNC_INTERVAL_MS: i64 = 1_000;
 /// Reports older than this do not count toward shares.
 const REPORT_FRESH_MS: i64 = 5_000;
 /// A tenant with no request for this long is forgotten locally.
@@ -139,7 +149,12 @@ impl TenantLimiter {
         }
         if !self.tenants.contains_key(tenant) {
             if self.tenants.len() >= MAX_TENANTS {
-                self.evict_idle(now, 0);
+                self.evict_idle(now, IDLE_EVICT_MS / 10);
+                if self.tenants.len() >= MAX_TENANTS {
+                    // Every tracked tenant is busy: do not forget their daily
+                    // counts to make room; this tenant goes unlimited for now.
+                    return Ok(());
+                }
             }
             // Alone until the first sync says otherwise: a new instance may
             // briefly admit up to the whole rate.
@@ -180,10 +195,24 @@ impl TenantLimiter {
         if st.quota.per_second > 0.0 {
             st.bucket
                 .take(1.0, now)
-                .map_err(|retry_after_ms| QuotaRefusal::PerSecond { retry_after_ms })?;
+                .map_err(|wait_ms| QuotaRefusal::PerSecond {
+                    // A tiny share gives a tiny rate, but shares move every sync.
+                    retry_after_ms: wait_ms.clamp(1, SYNC_INTERVAL_MS),
+                })?;
         }
         st.day_used_local += 1;
         Ok(())
+    }
+
+    /// Gives back one admission that another limit then refused (the
+    /// push-bombing guard), so refused requests do not use the tenant's quota.
+    pub fn refund(&self, tenant: &TenantId, now: UnixMillis) {
+        if let Some(entry) = self.tenants.get(tenant) {
+            if let Ok(mut st) = entry.lock() {
+                st.day_used_local = st.day_used_local.saturating_sub(1);
+                st.bucket.give_back(1.0, now);
+            }
+        }
     }
 
     /// Reports this instance's usage for every active tenant, reads the
@@ -252,10 +281,16 @@ impl TenantLimiter {
         self.tenants.len()
     }
 
+    /// Forgets tenants idle for `idle_ms`, except those that used part of
+    /// a daily quota today: their count must survive until the day ends.
     fn evict_idle(&self, now: UnixMillis, idle_ms: i64) {
+        let today = now.div_euclid(DAY_MS);
         self.tenants.retain(|_, st| {
             st.get_mut()
-                .map(|s| now - s.last_request_ms < idle_ms)
+                .map(|s| {
+                    now - s.last_request_ms < idle_ms
+                        || (s.quota.per_day > 0 && s.day == today && s.day_used_local > 0)
+                })
                 .unwrap_or(false)
         });
     }

@@ -109,17 +109,12 @@ impl Refusal {
 /// What changed after a denial.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Escalation {
-    None,
     /// Number matching is now forced for this user.
     NumberMatchForced,
     /// Prompts locked until then.
-    Locked {
-        until: UnixMillis,
-    },
+    Locked { until: UnixMillis },
     /// "This wasn't me": prompts muted until then.
-    Muted {
-        until: UnixMillis,
-    },
+    Muted { until: UnixMillis },
 }
 
 /// Drops timestamps no rule can look at any more.
@@ -206,20 +201,20 @@ pub fn admit(
     });
 }
 
-/// Records a denial; `fraud` for "this wasn't me". Returns the strongest
-/// escalation it caused.
+/// Records a denial; `fraud` for "this wasn't me". Returns every
+/// escalation it caused (forced number matching, lock, mute), in that order.
 pub fn record_denial(
     state: &mut UserGuardState,
     now: UnixMillis,
     policy: &GuardPolicy,
     fraud: bool,
-) -> Escalation {
+) -> Vec<Escalation> {
     prune(state, now, policy);
     let forced_before = number_match_forced(state, now, policy);
     state.denials.push(now);
-    let mut escalation = Escalation::None;
+    let mut escalations = Vec::new();
     if !forced_before && number_match_forced(state, now, policy) {
-        escalation = Escalation::NumberMatchForced;
+        escalations.push(Escalation::NumberMatchForced);
     }
     if policy.lock_after > 0
         && state.locked_until <= now
@@ -229,19 +224,19 @@ pub fn record_denial(
         ) >= policy.lock_after as usize
     {
         state.locked_until = now.saturating_add(ms(policy.lock_secs));
-        escalation = Escalation::Locked {
+        escalations.push(Escalation::Locked {
             until: state.locked_until,
-        };
+        });
     }
     if fraud {
         state.muted_until = state
             .muted_until
             .max(now.saturating_add(ms(policy.fraud_mute_secs)));
-        escalation = Escalation::Muted {
+        escalations.push(Escalation::Muted {
             until: state.muted_until,
-        };
+        });
     }
-    escalation
+    escalations
 }
 
 #[cfg(test)]
@@ -265,7 +260,8 @@ mod tests {
         }
         let r = admit_at(&mut s, 5 * MIN, &p).unwrap_err();
         assert_eq!(r, Refusal::TooManyPrompts { retry_at: 10 * MIN });
-        // Exactly at the edge the first one is still inside (t > now - window).
+        // One millisecond before the window has moved past t = 0, the first
+        // prompt still counts (the window is (now - 10 min, now]).
         assert!(admit_at(&mut s, 10 * MIN - 1, &p).is_err());
         admit_at(&mut s, 10 * MIN, &p).unwrap();
         assert!(admit_at(&mut s, 10 * MIN + 1, &p).is_err());
@@ -294,11 +290,11 @@ mod tests {
     fn denials_escalate() {
         let p = GuardPolicy::default();
         let mut s = UserGuardState::default();
-        assert_eq!(record_denial(&mut s, 0, &p, false), Escalation::None);
-        assert_eq!(record_denial(&mut s, MIN, &p, false), Escalation::None);
+        assert_eq!(record_denial(&mut s, 0, &p, false), vec![]);
+        assert_eq!(record_denial(&mut s, MIN, &p, false), vec![]);
         assert_eq!(
             record_denial(&mut s, 2 * MIN, &p, false),
-            Escalation::NumberMatchForced
+            vec![Escalation::NumberMatchForced]
         );
         assert!(number_match_forced(&s, 3 * MIN, &p));
         assert!(
@@ -308,8 +304,15 @@ mod tests {
         for i in 3..5 {
             record_denial(&mut s, i * MIN, &p, false);
         }
-        let e = record_denial(&mut s, 5 * MIN, &p, false);
-        assert_eq!(e, Escalation::Locked { until: 65 * MIN });
+        let e = record_denial(&mut s, 5 * MIN, &p, true);
+        assert_eq!(
+            e,
+            vec![
+                Escalation::Locked { until: 65 * MIN },
+                Escalation::Muted { until: 25 * MIN }
+            ],
+            "a fraud report that also locks reports both"
+        );
         assert_eq!(
             decide(&s, 6 * MIN, &p, false),
             Err(Refusal::Locked { until: 65 * MIN })
@@ -323,7 +326,7 @@ mod tests {
         let mut s = UserGuardState::default();
         assert_eq!(
             record_denial(&mut s, 0, &p, true),
-            Escalation::Muted { until: 20 * MIN }
+            vec![Escalation::Muted { until: 20 * MIN }]
         );
         assert_eq!(
             decide(&s, MIN, &p, false),

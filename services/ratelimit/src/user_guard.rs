@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use sesame_core::model::{ChallengeStatus, UserGuardState};
+use sesame_core::model::{ChallengeStatus, PendingSlot, UserGuardState};
 use sesame_core::time::UnixMillis;
 use sesame_core::{ChallengeId, TenantId};
 use sesame_storage::{Storage, StorageError};
@@ -39,8 +39,18 @@ pub enum GuardError {
 pub struct Admission {
     /// Repeated denials: the challenge must use number matching.
     pub number_match_forced: bool,
-    /// The pending challenge this one replaces (the caller cancels it).
-    pub replaced: Option<ChallengeId>,
+    /// The pending challenge this one replaces: the caller cancels it once
+    /// its own challenge is out, or hands it back to [`UserGuard::release`].
+    pub replaced: Option<PendingSlot>,
+}
+
+/// The challenge in a user's pending slot, as storage sees it.
+enum Slot {
+    Free,
+    /// Stored and still pending.
+    Live,
+    /// Admitted by another request that has not stored it yet.
+    Unstored,
 }
 
 pub struct UserGuard {
@@ -91,41 +101,40 @@ impl UserGuard {
         self.refusals.insert(key, refusal.clone());
     }
 
-    /// Is the challenge in the pending slot still pending? A slot whose
-    /// challenge is not stored (yet) counts as pending: between admission and
-    /// storing, a concurrent request must not slip through. The caller
-    /// releases the slot if it fails to store the challenge.
-    async fn pending_live(
-        &self,
-        state: &UserGuardState,
-        now: UnixMillis,
-    ) -> Result<bool, GuardError> {
+    /// The pending slot's state. A slot whose challenge is not stored (yet)
+    /// counts as pending: between admission and storing, a concurrent request
+    /// must not slip through. The caller releases the slot if it fails.
+    async fn slot(&self, state: &UserGuardState, now: UnixMillis) -> Result<Slot, GuardError> {
         match &state.pending {
-            Some(p) if p.expires_at > now => Ok(self
-                .storage
-                .get_challenge(&p.challenge_id)
-                .await?
-                .is_none_or(|c| c.status(now) == ChallengeStatus::Pending)),
-            _ => Ok(false),
+            Some(p) if p.expires_at > now => {
+                match self.storage.get_challenge(&p.challenge_id).await? {
+                    None => Ok(Slot::Unstored),
+                    Some(c) if c.status(now) == ChallengeStatus::Pending => Ok(Slot::Live),
+                    Some(_) => Ok(Slot::Free),
+                }
+            }
+            _ => Ok(Slot::Free),
         }
     }
 
     /// Undoes an admission whose challenge was never created (storage or
     /// queue refused, or an idempotent retry returned an earlier challenge):
-    /// frees the pending slot and the prompt it counted.
+    /// gives the prompt back and puts back the slot it took — the replaced
+    /// challenge's, if it replaced one, so that challenge keeps blocking.
     pub async fn release(
         &self,
         tenant: &TenantId,
         user: &str,
         challenge_id: &ChallengeId,
         admitted_at: UnixMillis,
+        replaced: Option<PendingSlot>,
     ) -> Result<(), GuardError> {
         for _ in 0..MAX_CAS_ATTEMPTS {
             let (version, mut state) = self.storage.get_user_guard(tenant, user).await?;
             if state.pending.as_ref().map(|p| &p.challenge_id) != Some(challenge_id) {
                 return Ok(());
             }
-            state.pending = None;
+            state.pending = replaced.clone();
             if let Some(i) = state.pushes.iter().position(|t| *t == admitted_at) {
                 state.pushes.remove(i);
             }
@@ -161,16 +170,20 @@ impl UserGuard {
         for _ in 0..MAX_CAS_ATTEMPTS {
             let (version, mut state) = self.storage.get_user_guard(tenant, user).await?;
             rules::prune(&mut state, now, policy);
-            let live = self.pending_live(&state, now).await?;
+            let slot = self.slot(&state, now).await?;
+            let live = !matches!(slot, Slot::Free);
             let mut replaced = None;
             match rules::decide(&state, now, policy, live) {
                 Ok(()) => {}
-                Err(Refusal::Pending { challenge_id, .. }) if replace_pending => {
+                // Replace only a stored challenge: one admitted but not yet
+                // stored could otherwise still be stored and pushed after
+                // being "replaced", leaving two live.
+                Err(Refusal::Pending { .. }) if replace_pending && matches!(slot, Slot::Live) => {
                     if let Err(r) = rules::decide(&state, now, policy, false) {
                         self.cache_refusal(key, &r);
                         return Err(GuardError::Refused(r));
                     }
-                    replaced = Some(challenge_id);
+                    replaced = state.pending.clone();
                 }
                 Err(r) => {
                     self.cache_refusal(key, &r);
@@ -193,35 +206,38 @@ impl UserGuard {
         Err(GuardError::Contention)
     }
 
-    /// Records a denial (`fraud`: "this wasn't me") and returns the escalation.
+    /// Records a denial (`fraud`: "this wasn't me") and returns the escalations.
     pub async fn record_denial(
         &self,
         tenant: &TenantId,
         user: &str,
         now: UnixMillis,
         fraud: bool,
-    ) -> Result<Escalation, GuardError> {
+    ) -> Result<Vec<Escalation>, GuardError> {
         let policy = self.policy(tenant);
         for _ in 0..MAX_CAS_ATTEMPTS {
             let (version, mut state) = self.storage.get_user_guard(tenant, user).await?;
-            let escalation = rules::record_denial(&mut state, now, policy, fraud);
+            let escalations = rules::record_denial(&mut state, now, policy, fraud);
             if self
                 .storage
                 .put_user_guard(tenant, user, version, &state)
                 .await?
             {
-                match escalation {
-                    Escalation::Muted { until } => self.cache_refusal(
-                        (tenant.clone(), user.to_owned()),
-                        &Refusal::Muted { until },
-                    ),
-                    Escalation::Locked { until } => self.cache_refusal(
-                        (tenant.clone(), user.to_owned()),
-                        &Refusal::Locked { until },
-                    ),
-                    _ => {}
+                let key = (tenant.clone(), user.to_owned());
+                // The longest-lasting restriction goes into the cache.
+                let refusal = match (state.muted_until > now, state.locked_until > now) {
+                    (_, true) if state.locked_until >= state.muted_until => Some(Refusal::Locked {
+                        until: state.locked_until,
+                    }),
+                    (true, _) => Some(Refusal::Muted {
+                        until: state.muted_until,
+                    }),
+                    _ => None,
+                };
+                if let Some(r) = refusal {
+                    self.cache_refusal(key, &r);
                 }
-                return Ok(escalation);
+                return Ok(escalations);
             }
         }
         Err(GuardError::Contention)

@@ -68,11 +68,15 @@ async fn concurrent_burst_admits_exactly_one() {
     }
 }
 
-/// With `replace_pending`, the pending slot does not block, but the prompt
-/// limit still holds exactly under concurrency: 5, never 6.
+/// Without the one-pending rule, the prompt limit alone still holds exactly
+/// under concurrency: 5, never 6.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_replacing_requests_never_exceed_the_prompt_limit() {
-    let g = guard(embedded());
+async fn concurrent_requests_never_exceed_the_prompt_limit() {
+    let policy = GuardPolicy {
+        one_pending: false,
+        ..GuardPolicy::default()
+    };
+    let g = Arc::new(UserGuard::new(embedded(), policy, HashMap::new()));
     let now = 10 * MIN;
     let tasks: Vec<_> = (0..60)
         .map(|_| {
@@ -131,9 +135,9 @@ async fn sliding_window_with_paused_time() {
         .unwrap();
         tokio::time::advance(std::time::Duration::from_secs(60)).await;
     }
-    // t = 5 min .. 10 min - 1 ms: always refused.
-    for step in [0u64, 60, 120, 299] {
-        let t = now() + step as i64 * 1000;
+    // t = 5 min .. 10 min - 1 ms: always refused, up to the last millisecond.
+    for step_ms in [0i64, 60_000, 120_000, 299_999] {
+        let t = now() + step_ms;
         let r = g
             .admit(
                 &tenant(),
@@ -146,7 +150,7 @@ async fn sliding_window_with_paused_time() {
             .await;
         assert!(
             matches!(r, Err(GuardError::Refused(Refusal::TooManyPrompts { .. }))),
-            "{step}: {r:?}"
+            "{step_ms}: {r:?}"
         );
     }
     tokio::time::advance(std::time::Duration::from_secs(300)).await;
@@ -168,7 +172,10 @@ async fn fraud_report_mutes_and_refusals_are_served_from_the_cache() {
     let storage: Arc<dyn Storage> = Arc::new(MemStorage::new());
     let g = guard(storage.clone());
     let e = g.record_denial(&tenant(), "dave", 0, true).await.unwrap();
-    assert_eq!(e, sesame_ratelimit::Escalation::Muted { until: 20 * MIN });
+    assert_eq!(
+        e,
+        vec![sesame_ratelimit::Escalation::Muted { until: 20 * MIN }]
+    );
     let r = g
         .admit(
             &tenant(),
@@ -237,7 +244,7 @@ async fn release_frees_the_slot_and_the_prompt() {
         )
         .await
         .is_err());
-    g.release(&tenant(), "fay", &id, MIN).await.unwrap();
+    g.release(&tenant(), "fay", &id, MIN, None).await.unwrap();
     let st = g.status(&tenant(), "fay", MIN).await.unwrap();
     assert!(st.pending.is_none() && st.pushes.is_empty());
     g.admit(
@@ -313,4 +320,57 @@ proptest! {
             prop_assert!(n <= p.max_prompts as usize, "{n} prompts in the window ending at {t}");
         }
     }
+}
+
+/// A replacement needs the pending challenge to be stored (else it could
+/// still be stored and pushed after being "replaced"), and releasing a
+/// replacement that failed hands the slot back to the replaced challenge.
+#[tokio::test]
+async fn replace_needs_a_stored_challenge_and_release_restores_it() {
+    let storage: Arc<dyn Storage> = Arc::new(MemStorage::new());
+    let g = guard(storage.clone());
+    let t = tenant();
+    let now = sesame_core::time::now_ms();
+    let first = sesame_storage::testsuite::challenge(&t, "hal", vec![], 60_000);
+    g.admit(&t, "hal", &first.id, first.expires_at, now, false)
+        .await
+        .unwrap();
+    // Admitted but not stored yet: cannot be replaced.
+    let r = g
+        .admit(&t, "hal", &ChallengeId::generate(), now + 60_000, now, true)
+        .await;
+    assert!(
+        matches!(r, Err(GuardError::Refused(Refusal::Pending { .. }))),
+        "{r:?}"
+    );
+    storage.create_challenge(&first).await.unwrap();
+    let second = ChallengeId::generate();
+    let a = g
+        .admit(&t, "hal", &second, now + 60_000, now, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.replaced.as_ref().map(|p| &p.challenge_id),
+        Some(&first.id)
+    );
+    // The replacement failed: the first challenge blocks again.
+    g.release(&t, "hal", &second, now, a.replaced)
+        .await
+        .unwrap();
+    let st = g.status(&t, "hal", now).await.unwrap();
+    assert_eq!(st.pending.map(|p| p.challenge_id), Some(first.id.clone()));
+    let r = g
+        .admit(
+            &t,
+            "hal",
+            &ChallengeId::generate(),
+            now + 60_000,
+            now,
+            false,
+        )
+        .await;
+    assert!(
+        matches!(&r, Err(GuardError::Refused(Refusal::Pending { challenge_id, .. })) if challenge_id == &first.id),
+        "{r:?}"
+    );
 }

@@ -291,8 +291,9 @@ async fn tenant_quota_limits_one_tenant_only() {
     let h = Harness::start_configured(|c| {
         c.quotas.tenants.insert(
             "other-bank".into(),
+            // A burst of one, refilled every 100 s: no timing in this test.
             sesame_ratelimit::TenantQuota {
-                per_second: 2.0,
+                per_second: 0.01,
                 per_day: 0,
             },
         );
@@ -323,10 +324,79 @@ async fn tenant_quota_limits_one_tenant_only() {
             }
         }
     }
-    assert_eq!(ok, 2, "a burst of one second's worth");
-    assert_eq!(limited_count, 4);
+    assert_eq!(ok, 1, "a burst of one");
+    assert_eq!(limited_count, 5);
     for _ in 0..6 {
         h.create("zed", ENTER, 0).await;
     }
+    h.shutdown().await;
+}
+
+/// Requests the guard refuses for one user do not use up the tenant's quota,
+/// or bombing one user would lock out the tenant's other users.
+#[tokio::test]
+async fn guard_refusals_do_not_use_the_tenant_quota() {
+    let h = Harness::start_configured(|c| {
+        c.guard.defaults = GuardPolicy::default();
+        c.quotas.defaults = sesame_ratelimit::TenantQuota {
+            per_second: 0.0,
+            per_day: 3,
+        };
+    })
+    .await;
+    let _victim = h.enroll("victim").await;
+    let _a = h.enroll("ann").await;
+    let _b = h.enroll("ben").await;
+    h.create("victim", ENTER, 0).await;
+    for _ in 0..20 {
+        let r = h
+            .challenges()
+            .create_challenge(h.req(Harness::login_request("victim", ENTER, 0)))
+            .await;
+        assert_eq!(limited(status_of(r)), "USER_CHALLENGE_PENDING");
+    }
+    h.create("ann", ENTER, 0).await;
+    h.create("ben", ENTER, 0).await;
+    let r = h
+        .challenges()
+        .create_challenge(h.req(Harness::login_request("ann", ENTER, 0)))
+        .await;
+    let s = status_of(r);
+    assert_eq!(s.code(), Code::ResourceExhausted);
+    assert_eq!(
+        s.get_details_error_info().unwrap().reason,
+        "TENANT_DAILY_QUOTA"
+    );
+    h.shutdown().await;
+}
+
+/// A retry with the same idempotency key and `replace_pending` returns the
+/// pending challenge instead of replacing it with a second one.
+#[tokio::test]
+async fn idempotent_retry_with_replace_returns_the_same_challenge() {
+    let h = Harness::start_with(GuardPolicy::default()).await;
+    let _phone = h.enroll("ivy").await;
+    let mut req = Harness::login_request("ivy", ENTER, 0);
+    let opts = req.options.as_mut().unwrap();
+    opts.idempotency_key = "attempt-7".into();
+    opts.replace_pending = true;
+    let a = h
+        .challenges()
+        .create_challenge(h.req(req.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let b = h
+        .challenges()
+        .create_challenge(h.req(req))
+        .await
+        .unwrap()
+        .into_inner();
+    let (a, b) = (a.challenge.unwrap(), b.challenge.unwrap());
+    assert_eq!(a.challenge_id, b.challenge_id);
+    assert_eq!(h.get(&a.challenge_id).await.status, st(S::Pending));
+    let status = user_status(&h, "ivy").await;
+    assert_eq!(status.pending_challenge_id, a.challenge_id);
+    assert_eq!(status.prompts_in_window, 1);
     h.shutdown().await;
 }

@@ -357,25 +357,33 @@ impl DeviceApi {
             // Denials feed the push-bombing guard: escalation, lock, mute.
             if let Outcome::Denied(reason) = outcome {
                 let fraud = reason == DenyReason::FraudReported;
-                let escalation = guard
+                let escalations = guard
                     .record_denial(&resolved.tenant_id, &resolved.user_id, now, fraud)
                     .await;
-                let kind = match escalation {
-                    Ok(Escalation::None) => None,
-                    Ok(Escalation::NumberMatchForced) => Some(AuditKind::NumberMatchForced),
-                    Ok(Escalation::Locked { until }) => Some(AuditKind::PromptsLocked {
-                        locked_until: until,
-                    }),
-                    Ok(Escalation::Muted { until }) => Some(AuditKind::FraudReported {
-                        muted_until: until,
-                    }),
+                let kinds: Vec<AuditKind> = match escalations {
+                    Ok(list) => list
+                        .into_iter()
+                        .map(|e| match e {
+                            Escalation::NumberMatchForced => AuditKind::NumberMatchForced,
+                            Escalation::Locked { until } => AuditKind::PromptsLocked {
+                                locked_until: until,
+                            },
+                            Escalation::Muted { until } => AuditKind::FraudReported {
+                                muted_until: until,
+                            },
+                        })
+                        .collect(),
                     Err(e) => {
                         tracing::error!(error = %e, challenge_id = %resolved.id, "cannot record a denial");
                         // The report itself must still reach the audit trail.
-                        fraud.then_some(AuditKind::FraudReported { muted_until: 0 })
+                        if fraud {
+                            vec![AuditKind::FraudReported { muted_until: 0 }]
+                        } else {
+                            vec![]
+                        }
                     }
                 };
-                if let Some(kind) = kind {
+                for kind in kinds {
                     let _ = queue.publish_event(Event::Audit(AuditEvent {
                         tenant_id: resolved.tenant_id.clone(),
                         user_id: resolved.user_id.clone(),

@@ -696,8 +696,11 @@ impl Storage for EmbeddedStorage {
                 let mut t = txn.open_table(USAGE).map_err(backend)?;
                 let before = t.len().map_err(backend)?;
                 t.retain(|_, v| {
+                    // Today's reports carry daily counts: keep them until the day ends.
                     serde_json::from_slice::<UsageReport>(v)
-                        .map(|r| r.reported_at >= guards_before)
+                        .map(|r| {
+                            r.day >= now.div_euclid(86_400_000) || r.reported_at >= guards_before
+                        })
                         .unwrap_or(false)
                 })
                 .map_err(backend)?;

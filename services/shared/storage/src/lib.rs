@@ -128,9 +128,9 @@ pub trait Storage: Send + Sync + 'static {
     async fn list_usage(&self, tenant: &TenantId) -> Result<Vec<UsageReport>>;
 
     /// Deletes enrollment tickets expired before `now`, challenges that
-    /// expired before `challenges_before`, and guard records and usage
-    /// reports whose last relevant time is before `guards_before`. Returns
-    /// how many records went.
+    /// expired before `challenges_before`, guard records whose last relevant
+    /// time is before `guards_before`, and usage reports older than that and
+    /// from an earlier UTC day. Returns how many records went.
     async fn purge_expired(
         &self,
         now: UnixMillis,

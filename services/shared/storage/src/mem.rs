@@ -284,7 +284,10 @@ impl Storage for MemStorage {
             .retain(|_, c| c.expires_at >= challenges_before);
         g.guards
             .retain(|_, (_, st)| st.last_relevant() >= guards_before);
-        g.usage.retain(|_, r| r.reported_at >= guards_before);
+        // Today's reports carry daily counts: keep them until the day ends.
+        let today = now.div_euclid(86_400_000);
+        g.usage
+            .retain(|_, r| r.day >= today || r.reported_at >= guards_before);
         let Inner {
             idempotency,
             challenges,
