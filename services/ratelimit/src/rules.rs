@@ -59,6 +59,18 @@ impl GuardPolicy {
         if self.prompt_window_secs == 0 {
             return Err("prompt_window_secs must be at least 1".into());
         }
+        const YEAR: u64 = 366 * 86_400;
+        for (name, v) in [
+            ("prompt_window_secs", self.prompt_window_secs),
+            ("escalate_window_secs", self.escalate_window_secs),
+            ("lock_window_secs", self.lock_window_secs),
+            ("lock_secs", self.lock_secs),
+            ("fraud_mute_secs", self.fraud_mute_secs),
+        ] {
+            if v > YEAR {
+                return Err(format!("{name} is {v}; at most a year ({YEAR}) is allowed"));
+            }
+        }
         Ok(())
     }
 
