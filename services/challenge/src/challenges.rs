@@ -174,18 +174,22 @@ impl Creator {
             }
         }
         if let Some(q) = &self.quotas {
-            q.check(&tenant, now).map_err(|r| ApiError::Limited {
-                message: match r {
-                    QuotaRefusal::PerSecond { .. } => {
-                        "the tenant's challenges-per-second quota is used up; retry shortly".into()
-                    }
-                    QuotaRefusal::PerDay { .. } => {
-                        "the tenant's daily challenge quota is used up".into()
-                    }
-                },
-                reason: r.reason(),
-                retry_after: Duration::from_millis(r.retry_after_ms().max(0) as u64),
-                do_not_retry: false,
+            q.check(&tenant, now).map_err(|r| {
+                crate::metrics::refused(&tenant, r.reason());
+                ApiError::Limited {
+                    message: match r {
+                        QuotaRefusal::PerSecond { .. } => {
+                            "the tenant's challenges-per-second quota is used up; retry shortly"
+                                .into()
+                        }
+                        QuotaRefusal::PerDay { .. } => {
+                            "the tenant's daily challenge quota is used up".into()
+                        }
+                    },
+                    reason: r.reason(),
+                    retry_after: Duration::from_millis(r.retry_after_ms().max(0) as u64),
+                    do_not_retry: false,
+                }
             })?;
         }
         let id = ChallengeId::generate();
@@ -210,7 +214,10 @@ impl Creator {
                     q.refund(&tenant, now);
                 }
                 return Err(match e {
-                    GuardError::Refused(r) => crate::refusal(&r, now),
+                    GuardError::Refused(r) => {
+                        crate::metrics::refused(&tenant, r.reason());
+                        crate::refusal(&r, now)
+                    }
                     e => crate::guard_error(e),
                 });
             }
@@ -242,6 +249,8 @@ impl Creator {
         );
         match self.store_and_push(challenge, &devices).await {
             Ok((c, true)) => {
+                metrics::counter!(crate::metrics::CHALLENGES_CREATED, "tenant" => tenant_id.to_string())
+                    .increment(1);
                 if let Some(old) = admission.replaced {
                     self.cancel_replaced(&tenant_id, &old.challenge_id).await;
                 }
@@ -536,6 +545,8 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
                 challenge_id: c.id.clone(),
                 status: ChallengeStatus::Cancelled.into(),
             });
+            metrics::counter!(crate::metrics::CHALLENGES_CANCELLED, "tenant" => c.tenant_id.to_string())
+                .increment(1);
             Ok::<_, StorageError>(c)
         })
         .await

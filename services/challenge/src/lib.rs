@@ -12,6 +12,7 @@ mod challenges;
 mod enrollment;
 mod hub;
 mod limits;
+pub mod metrics;
 mod shutdown;
 
 use std::sync::Arc;

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod metrics;
+
 use rand::Rng;
 use sesame_core::time::now_ms;
 use sesame_push::{PushOutcome, PushProvider};
@@ -146,16 +148,21 @@ impl Dispatcher {
             let now = now_ms();
             if now >= job.expires_at {
                 self.stats.expired_dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::push(self.provider.name(), "expired_dropped");
                 tracing::debug!(challenge_id = %job.challenge_id, "push dropped: challenge expired");
                 break;
             }
             match self.provider.send(&job, now).await {
                 PushOutcome::Delivered => {
                     self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    metrics::push(self.provider.name(), "delivered");
+                    ::metrics::histogram!(metrics::PUSH_DELIVERY, "provider" => self.provider.name())
+                        .record((now_ms() - job.enqueued_at).max(0) as f64 / 1000.0);
                     break;
                 }
                 PushOutcome::DeadToken => {
                     self.stats.dead_tokens.fetch_add(1, Ordering::Relaxed);
+                    metrics::push(self.provider.name(), "dead_token");
                     let _ = self.queue.publish_event(Event::PushTokenDead {
                         device_id: job.device_id.clone(),
                         push_token: job.push_token.clone(),
@@ -164,6 +171,7 @@ impl Dispatcher {
                 }
                 PushOutcome::Failed { reason } => {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    metrics::push(self.provider.name(), "failed");
                     tracing::warn!(%reason, provider = self.provider.name(), device_id = %job.device_id, "push failed permanently");
                     break;
                 }
@@ -171,10 +179,13 @@ impl Dispatcher {
                     job.attempt += 1;
                     if job.attempt >= self.config.max_attempts {
                         self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                        metrics::push(self.provider.name(), "failed");
+                        metrics::push(self.provider.name(), "failed");
                         tracing::warn!(%reason, attempts = job.attempt, device_id = %job.device_id, "push failed after retries");
                         break;
                     }
                     self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    metrics::push(self.provider.name(), "retry");
                     let delay = retry_delay(&self.config, job.attempt, after);
                     let left = Duration::from_millis((job.expires_at - now_ms()).max(0) as u64);
                     tokio::time::sleep(delay.min(left)).await;

@@ -88,6 +88,7 @@ async fn start() -> Rig {
     let addr = listener.local_addr().expect("addr");
     let mut config = Config {
         listen: addr.to_string(),
+        admin_listen: String::new(),
         data_dir: dir.path().to_path_buf(),
         ..Config::default()
     };

@@ -15,6 +15,8 @@ use sesame_ratelimit::{DescriptorLimit, GuardPolicy, TenantQuota};
 pub struct Config {
     /// gRPC listen address (tenant and device APIs, health, reflection).
     pub listen: String,
+    /// Admin address: `/metrics` (Prometheus), `/live`, `/ready`; empty disables it.
+    pub admin_listen: String,
     /// Where the embedded store and the development tenant's key live.
     pub data_dir: PathBuf,
     /// `embedded` (durable, default) or `memory` (lost on exit; tests).
@@ -97,6 +99,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:50051".into(),
+            admin_listen: "127.0.0.1:9464".into(),
             data_dir: PathBuf::from("sesame-data"),
             storage: "embedded".into(),
             queue: "memory".into(),
@@ -163,6 +166,11 @@ impl Config {
         self.listen
             .parse::<std::net::SocketAddr>()
             .map_err(|e| anyhow::anyhow!("listen = {:?}: {e}", self.listen))?;
+        if !self.admin_listen.is_empty() {
+            self.admin_listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| anyhow::anyhow!("admin_listen = {:?}: {e}", self.admin_listen))?;
+        }
         anyhow::ensure!(
             matches!(self.storage.as_str(), "embedded" | "memory"),
             "storage = {:?}: use \"embedded\" or \"memory\"",

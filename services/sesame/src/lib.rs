@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod inbox;
 pub mod server;
+pub mod telemetry;
 
 pub use config::Config;
 pub use server::Sesame;

@@ -116,12 +116,50 @@ impl Sesame {
         Ok(path)
     }
 
-    /// Serves until `shutdown` resolves, then drains.
+    /// Serves until `shutdown` resolves, then drains. The admin listener
+    /// (`/metrics`, `/live`, `/ready`) is bound from `admin_listen` unless empty.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let admin = if self.config.admin_listen.is_empty() {
+            None
+        } else {
+            Some(
+                TcpListener::bind(&self.config.admin_listen)
+                    .await
+                    .with_context(|| {
+                        format!("binding admin_listen {}", self.config.admin_listen)
+                    })?,
+            )
+        };
+        self.serve_with_admin(listener, admin, shutdown).await
+    }
+
+    /// Like [`Sesame::serve`], with the admin listener given (tests bind port 0).
+    pub async fn serve_with_admin(
+        self,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        // Every role records metrics whether or not this process serves them.
+        crate::telemetry::prometheus();
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (admin_stop_tx, admin_stop) = tokio::sync::oneshot::channel::<()>();
+        if let Some(admin) = admin {
+            let (storage, draining) = (self.storage.clone(), draining.clone());
+            tracing::info!(addr = %admin.local_addr()?, "admin endpoints serving");
+            tokio::spawn(crate::telemetry::serve_admin(
+                admin,
+                storage,
+                draining,
+                async {
+                    let _ = admin_stop.await;
+                },
+            ));
+        }
         let Sesame {
             config,
             roles,
@@ -272,8 +310,10 @@ impl Sesame {
         tracing::info!(%addr, ?roles, storage = storage.name(), queue = queue.name(), "sesame serving");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let health_for_drain = health.clone();
+        let draining_flag = draining.clone();
         tokio::spawn(async move {
             shutdown.await;
+            draining_flag.store(true, std::sync::atomic::Ordering::SeqCst);
             // Readiness goes first, so load balancers stop sending new calls.
             for service in [
                 "",
@@ -293,6 +333,7 @@ impl Sesame {
         let grace = Duration::from_secs(config.shutdown_grace_seconds);
         let (drain_started_tx, drain_started) = tokio::sync::oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()
+            .layer(sesame_grpc::metrics::GrpcMetricsLayer)
             .tcp_nodelay(true)
             .timeout(Duration::from_secs(30))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -343,6 +384,7 @@ impl Sesame {
             }
         }
         background.abort_all();
+        let _ = admin_stop_tx.send(());
         tracing::info!("sesame stopped");
         Ok(())
     }

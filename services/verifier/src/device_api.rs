@@ -136,6 +136,7 @@ impl DeviceApi {
             .verify(&message, &auth.signature)
             .is_err()
         {
+            crate::metrics::signature_failure("request");
             return Err(ApiError::Unauthenticated(
                 "request signature does not verify with this device's key".into(),
             ));
@@ -224,6 +225,7 @@ impl DeviceApi {
             &req.push_token,
         );
         key.verify(&message, &req.proof).map_err(|_| {
+            crate::metrics::signature_failure("enrollment");
             ApiError::invalid(
                 "proof",
                 "does not verify: sign the canonical enrollment payload with the new private key",
@@ -252,6 +254,8 @@ impl DeviceApi {
                 ),
                 e => e.into(),
             })?;
+        metrics::counter!(crate::metrics::DEVICES_ENROLLED, "tenant" => device.tenant_id.to_string())
+            .increment(1);
         tracing::info!(tenant = %device.tenant_id, device_id = %device.id, "device enrolled");
         Ok(pb::CompleteEnrollmentResponse {
             device_id: device.id.to_string(),
@@ -300,6 +304,7 @@ impl DeviceApi {
             .verify(&payload.encode(), &req.signature)
             .is_err()
         {
+            crate::metrics::signature_failure("answer");
             return Err(ApiError::Unauthenticated(
                 "answer signature does not verify with this device's key".into(),
             ));
@@ -399,6 +404,21 @@ impl DeviceApi {
         .await
         .map_err(|e| ApiError::Internal(format!("answer task failed: {e}")))??;
         let status = resolved.status(now);
+        let outcome_label = match outcome {
+            Outcome::Approved => "approved",
+            Outcome::Denied(DenyReason::UserDenied) => "denied",
+            Outcome::Denied(DenyReason::FraudReported) => "fraud",
+            Outcome::Denied(DenyReason::NumberMismatch) => "number_mismatch",
+            Outcome::Cancelled => "cancelled",
+        };
+        metrics::counter!(
+            crate::metrics::CHALLENGES_RESOLVED,
+            "tenant" => resolved.tenant_id.to_string(),
+            "outcome" => outcome_label
+        )
+        .increment(1);
+        metrics::histogram!(crate::metrics::TIME_TO_VERDICT)
+            .record((now - resolved.created_at).max(0) as f64 / 1000.0);
         if outcome == Outcome::Denied(DenyReason::FraudReported) {
             tracing::warn!(tenant = %resolved.tenant_id, challenge_id = %resolved.id, "fraud reported by the user");
         }

@@ -8,6 +8,7 @@
 //! announced on the queue so every `challenge` replica's watch streams see them.
 
 mod device_api;
+pub mod metrics;
 mod replay;
 
 pub use device_api::DeviceApi;

@@ -22,6 +22,8 @@ use tonic::{Code, Request};
 
 pub struct Harness {
     pub url: String,
+    /// `http://127.0.0.1:<port>` of the admin endpoints (/metrics, /live, /ready).
+    pub admin_url: String,
     pub channel: Channel,
     /// The `dev` tenant's key.
     pub key: String,
@@ -99,14 +101,19 @@ impl Harness {
         let storage = app.storage.clone();
         let simulator = app.simulator.clone();
         let queue = app.queue.clone();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind admin");
+        let admin_url = format!("http://{}", admin.local_addr().expect("admin addr"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(app.serve(listener, async {
+        let task = tokio::spawn(app.serve_with_admin(listener, Some(admin), async {
             let _ = stopped.await;
         }));
         let url = format!("http://{addr}");
         let channel = sesame_device_sim::connect(&url).await.expect("connect");
         Harness {
             url,
+            admin_url,
             channel,
             key,
             other_key,

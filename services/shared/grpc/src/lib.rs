@@ -8,6 +8,7 @@ pub mod apikey;
 mod auth;
 pub mod convert;
 mod error;
+pub mod metrics;
 
 pub use auth::TenantAuth;
 pub use error::ApiError;

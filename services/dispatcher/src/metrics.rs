@@ -1,0 +1,19 @@
+//! The dispatcher's metric names, all here.
+
+/// `sesame_pushes_total{provider, outcome}`: delivered, dead_token, retry, failed, expired_dropped.
+pub const PUSHES: &str = "sesame_pushes_total";
+/// `sesame_push_delivery_seconds{provider}`: from queueing to the provider's acceptance.
+pub const PUSH_DELIVERY: &str = "sesame_push_delivery_seconds";
+
+pub fn describe() {
+    metrics::describe_counter!(PUSHES, "push attempts by provider and outcome");
+    metrics::describe_histogram!(
+        PUSH_DELIVERY,
+        metrics::Unit::Seconds,
+        "time from the challenge's push being queued to the provider accepting it"
+    );
+}
+
+pub fn push(provider: &'static str, outcome: &'static str) {
+    metrics::counter!(PUSHES, "provider" => provider, "outcome" => outcome).increment(1);
+}
