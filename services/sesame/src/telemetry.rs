@@ -9,12 +9,17 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sesame_storage::Storage;
 
 /// Latency buckets (seconds) for every histogram: 0.5 ms to 30 s.
 const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Verdicts take human time, up to the 600 s maximum TTL.
+const VERDICT_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 90.0, 120.0, 300.0, 600.0,
 ];
 
 static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -27,6 +32,11 @@ pub fn prometheus() -> Option<PrometheusHandle> {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets(BUCKETS)
+                .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full(sesame_verifier::metrics::TIME_TO_VERDICT.into()),
+                    VERDICT_BUCKETS,
+                )
                 .ok()?
                 .install_recorder()
                 .ok()?;

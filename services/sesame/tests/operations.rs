@@ -48,7 +48,16 @@ fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 #[tokio::test]
 async fn live_ready_and_metrics_after_real_traffic() {
-    let h = Harness::start().await;
+    let h = Harness::start_configured(|c| {
+        c.quotas.tenants.insert(
+            "other-bank".into(),
+            sesame_ratelimit::TenantQuota {
+                per_second: 0.01,
+                per_day: 0,
+            },
+        );
+    })
+    .await;
     assert_eq!(get(&h.admin_url, "/live").await.0, 200);
     assert_eq!(get(&h.admin_url, "/ready").await.0, 200);
 
@@ -62,6 +71,7 @@ async fn live_ready_and_metrics_after_real_traffic() {
         .await
         .unwrap();
     let denied = h.create("metrics-user-7", ENTER, 0).await;
+    next_push(&phone, &mut inbox).await;
     let d = details(&phone, &denied.challenge_id).await;
     phone
         .respond(&d, &answer(Decision::DenyFraud))
@@ -72,6 +82,25 @@ async fn live_ready_and_metrics_after_real_traffic() {
         .create_challenge(h.req(Harness::login_request("", ENTER, 0)))
         .await;
     assert!(bad.is_err());
+    // A quota refusal and a bad device signature, so those series exist too.
+    let _theirs = h.enroll_other("someone").await;
+    for _ in 0..2 {
+        let _ = h
+            .challenges()
+            .create_challenge(h.req_other(Harness::login_request("someone", ENTER, 0)))
+            .await;
+    }
+    let mut forged = phone.auth("ListPendingChallenges", &[]);
+    forged.signature[8] ^= 1;
+    let mut client = sesame_proto::device::v1::device_service_client::DeviceServiceClient::new(
+        h.channel.clone(),
+    );
+    let r = client
+        .list_pending_challenges(sesame_proto::device::v1::ListPendingChallengesRequest {
+            auth: Some(forged),
+        })
+        .await;
+    assert!(r.is_err());
 
     let (code, m) = get(&h.admin_url, "/metrics").await;
     assert_eq!(code, 200);
@@ -82,7 +111,7 @@ async fn live_ready_and_metrics_after_real_traffic() {
     ];
     assert_eq!(
         sample(&m, "sesame_grpc_requests_total", &create_ok),
-        Some(2.0),
+        Some(3.0),
         "{m}"
     );
     let create_bad = [("method", "CreateChallenge"), ("code", "INVALID_ARGUMENT")];
@@ -116,7 +145,8 @@ async fn live_ready_and_metrics_after_real_traffic() {
         Some(1.0)
     );
     let delivered = [("provider", "simulator"), ("outcome", "delivered")];
-    assert_eq!(sample(&m, "sesame_pushes_total", &delivered), Some(2.0));
+    // Both of this phone's pushes were received; the other tenant's may still be in flight.
+    assert!(sample(&m, "sesame_pushes_total", &delivered) >= Some(2.0));
     assert_eq!(
         sample(&m, "sesame_challenge_verdict_seconds_count", &[]),
         Some(2.0)
@@ -125,6 +155,33 @@ async fn live_ready_and_metrics_after_real_traffic() {
         m.contains("# HELP sesame_pushes_total"),
         "metrics are described"
     );
+    let refused = [("tenant", "other-bank"), ("reason", "TENANT_RATE_QUOTA")];
+    assert_eq!(
+        sample(&m, "sesame_challenges_refused_total", &refused),
+        Some(1.0)
+    );
+    assert!(sample(&m, "sesame_signature_failures_total", &[]).is_some());
+
+    // Every metric the alert and recording rules use is exported.
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/prometheus/sesame-rules.yml"),
+    )
+    .unwrap();
+    let mut names: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|w| w.starts_with("sesame_"))
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 6, "{names:?}");
+    for name in names {
+        assert!(
+            m.lines().any(|l| l.starts_with(name)),
+            "{name} is used by the rules but not exported"
+        );
+    }
+
     // No per-user, per-device or per-challenge labels.
     assert!(!m.contains("metrics-user-7"));
     assert!(!m.contains(phone.device_id()));
