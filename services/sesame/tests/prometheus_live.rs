@@ -1,0 +1,202 @@
+//! A real Prometheus (Debian's, installed by scripts/setup.sh) scrapes a
+//! running Sesame with the project's alert and recording rules loaded, while
+//! it serves logins; then every query of the Grafana dashboard in
+//! deploy/grafana must return data through Prometheus's HTTP API.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use sesame_core::model::Decision;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Prometheus(Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    // Prometheus answers queries with chunked encoding: keep the JSON object.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let start = body.find('{').unwrap_or(0);
+        let end = body.rfind('}').map(|i| i + 1).unwrap_or(body.len());
+        body[start..end].to_owned()
+    } else {
+        body.to_owned()
+    };
+    Some((code, body))
+}
+
+/// Number of series an instant query returns.
+async fn series(addr: &str, query: &str) -> usize {
+    let path = format!("/api/v1/query?query={}", percent_encode(query));
+    let Some((200, body)) = http_get(addr, &path).await else {
+        return 0;
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["data"]["result"].as_array().map_or(0, |r| r.len())
+}
+
+fn dashboard_queries() -> Vec<String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/grafana/sesame-dashboard.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
+    let mut out = Vec::new();
+    for panel in dash["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            out.push(target["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
+    let h = Harness::start_configured(|c| {
+        c.quotas.tenants.insert(
+            "other-bank".into(),
+            sesame_ratelimit::TenantQuota {
+                per_second: 0.01,
+                per_day: 0,
+            },
+        );
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/prometheus/sesame-rules.yml")
+        .canonicalize()
+        .expect("rules file");
+    let target = h.admin_url.trim_start_matches("http://");
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: sesame\n    static_configs:\n      - targets: ['{target}']\n",
+        rules.display()
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).expect("config");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus not runnable: run scripts/setup.sh (Debian package prometheus)");
+    let _prometheus = Prometheus(child);
+    let mut ready = false;
+    for _ in 0..100 {
+        if matches!(http_get(&addr, "/-/ready").await, Some((200, _))) {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ready, "prometheus did not become ready");
+
+    // Traffic: logins approved and reported as fraud, a quota refusal, a bad signature.
+    let phone = h.enroll("dash-user").await;
+    let mut inbox = phone.push_inbox().await.unwrap();
+    for decision in [Decision::Approve, Decision::Approve, Decision::DenyFraud] {
+        let c = h.create("dash-user", ENTER, 0).await;
+        next_push(&phone, &mut inbox).await;
+        let d = details(&phone, &c.challenge_id).await;
+        let a = if decision == Decision::Approve {
+            approve(&c.number_match_code)
+        } else {
+            answer(decision)
+        };
+        phone.respond(&d, &a).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let _theirs = h.enroll_other("someone").await;
+    for _ in 0..2 {
+        let _ = h
+            .challenges()
+            .create_challenge(h.req_other(Harness::login_request("someone", ENTER, 0)))
+            .await;
+    }
+    let mut forged = phone.auth("ListPendingChallenges", &[]);
+    forged.signature[8] ^= 1;
+    let mut client = sesame_proto::device::v1::device_service_client::DeviceServiceClient::new(
+        h.channel.clone(),
+    );
+    let _ = client
+        .list_pending_challenges(sesame_proto::device::v1::ListPendingChallengesRequest {
+            auth: Some(forged),
+        })
+        .await;
+
+    let mut queries = dashboard_queries();
+    assert!(queries.len() >= 12, "{queries:?}");
+    // The recording rules must evaluate too.
+    queries.push("sesame:login_success_ratio:rate5m".into());
+    queries.push("sesame:grpc_server_error_ratio:rate5m".into());
+    queries.push("sesame:push_failure_ratio:rate10m".into());
+    queries.push("sesame:push_dead_token_ratio:rate10m".into());
+    let mut missing = queries.clone();
+    for _ in 0..40 {
+        let mut still = Vec::new();
+        for q in &missing {
+            if series(&addr, q).await == 0 {
+                still.push(q.clone());
+            }
+        }
+        missing = still;
+        if missing.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(missing.is_empty(), "queries without data: {missing:#?}");
+    println!(
+        "all {} dashboard and recording-rule queries returned data",
+        queries.len()
+    );
+    h.shutdown().await;
+}
