@@ -159,19 +159,6 @@ enum AnswerArg {
 /// `EX_USAGE`: invalid configuration.
 const EXIT_CONFIG: u8 = 64;
 
-fn init_tracing(format: &str, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SESAME_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -220,9 +207,10 @@ async fn serve(
         eprintln!("sesame: invalid configuration: {e:#}");
         return Ok(ExitCode::from(EXIT_CONFIG));
     }
-    init_tracing(&config.log_format, &config.log_level);
+    let log_control = sesame::telemetry::init_tracing(&config.log_format, &config.log_level);
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
-    let app = Sesame::open(config)?;
+    let mut app = Sesame::open(config)?;
+    app.log_control = Some(log_control);
     if app.config.dev_tenant && app.roles.challenge {
         let path = app.ensure_dev_tenant().await?;
         tracing::info!(key_file = %path.display(), "development tenant \"dev\" ready; `sesame demo` finds its key there");

@@ -52,6 +52,8 @@ pub struct Sesame {
     pub queue: Arc<dyn Queue>,
     pub simulator: Arc<SimulatorProvider>,
     pub hub: WatchHub,
+    /// Lets `PUT /log_level` on the admin port change the log filter.
+    pub log_control: Option<crate::telemetry::LogControl>,
 }
 
 impl Sesame {
@@ -80,6 +82,7 @@ impl Sesame {
             queue,
             simulator: Arc::new(SimulatorProvider::new()),
             hub: WatchHub::new(),
+            log_control: None,
         })
     }
 
@@ -155,6 +158,7 @@ impl Sesame {
                 admin,
                 storage,
                 draining,
+                self.log_control.clone(),
                 async {
                     let _ = admin_stop.await;
                 },
@@ -167,6 +171,7 @@ impl Sesame {
             queue,
             simulator,
             hub,
+            log_control: _,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()

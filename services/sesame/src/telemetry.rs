@@ -1,5 +1,6 @@
-//! The operators' side of a process: the Prometheus recorder (one per
-//! process) and the admin listener serving `/metrics`, `/live` and `/ready`,
+//! The operators' side of a process: logging (JSON or text, its filter
+//! changeable at run time), the Prometheus recorder (one per process) and the
+//! admin listener serving `/metrics`, `/live`, `/ready` and `/log_level`,
 //! apart from the gRPC port so that it can be firewalled separately.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +12,8 @@ use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sesame_storage::Storage;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::{reload, EnvFilter, Registry};
 
 /// Latency buckets (seconds) for every histogram: 0.5 ms to 30 s.
 const BUCKETS: &[f64] = &[
@@ -49,8 +52,49 @@ pub fn prometheus() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// Changes the running process's log filter (`GET`/`PUT /log_level`).
+#[derive(Clone)]
+pub struct LogControl {
+    handle: reload::Handle<EnvFilter, Registry>,
+}
+
+impl LogControl {
+    pub fn new(handle: reload::Handle<EnvFilter, Registry>) -> Self {
+        LogControl { handle }
+    }
+
+    pub fn current(&self) -> String {
+        self.handle
+            .with_current(|f| f.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the filter, e.g. `debug` or `sesame=debug,info`.
+    pub fn set(&self, directives: &str) -> Result<(), String> {
+        let filter = EnvFilter::try_new(directives.trim()).map_err(|e| e.to_string())?;
+        self.handle.reload(filter).map_err(|e| e.to_string())
+    }
+}
+
+/// Installs the process's logger: JSON (production) or text (development),
+/// to stderr, with a filter from `SESAME_LOG` or `level` that can be changed
+/// later through the returned [`LogControl`].
+pub fn init_tracing(format: &str, level: &str) -> LogControl {
+    let filter = EnvFilter::try_from_env("SESAME_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    let (filter, handle) = reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
+    if format == "json" {
+        registry.with(fmt.json()).init();
+    } else {
+        registry.with(fmt).init();
+    }
+    LogControl::new(handle)
+}
+
 #[derive(Clone)]
 struct AdminState {
+    log: Option<LogControl>,
     metrics: Option<PrometheusHandle>,
     storage: Arc<dyn Storage>,
     draining: Arc<AtomicBool>,
@@ -77,14 +121,45 @@ async fn ready(State(s): State<AdminState>) -> (StatusCode, &'static str) {
     }
 }
 
+async fn get_log_level(State(s): State<AdminState>) -> (StatusCode, String) {
+    match &s.log {
+        Some(l) => (StatusCode::OK, format!("{}\n", l.current())),
+        None => (
+            StatusCode::NOT_FOUND,
+            "no reloadable logger in this process\n".into(),
+        ),
+    }
+}
+
+async fn put_log_level(State(s): State<AdminState>, body: String) -> (StatusCode, String) {
+    match &s.log {
+        Some(l) => match l.set(&body) {
+            Ok(()) => {
+                tracing::info!(filter = %l.current(), "log filter changed");
+                (StatusCode::OK, format!("{}\n", l.current()))
+            }
+            Err(e) => (
+                StatusCode::BAD_REQUEST,
+                format!("not a log filter ({e}); examples: info, debug, sesame=debug,info\n"),
+            ),
+        },
+        None => (
+            StatusCode::NOT_FOUND,
+            "no reloadable logger in this process\n".into(),
+        ),
+    }
+}
+
 /// Serves the admin endpoints until `shutdown` resolves.
 pub async fn serve_admin(
     listener: tokio::net::TcpListener,
     storage: Arc<dyn Storage>,
     draining: Arc<AtomicBool>,
+    log: Option<LogControl>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let state = AdminState {
+        log,
         metrics: prometheus(),
         storage,
         draining,
@@ -93,8 +168,55 @@ pub async fn serve_admin(
         .route("/metrics", get(metrics_text))
         .route("/live", get(|| async { "live\n" }))
         .route("/ready", get(ready))
+        .route("/log_level", get(get_log_level).put(put_log_level))
         .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn request(addr: std::net::SocketAddr, method: &str, body: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "{method} /log_level HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn log_level_changes_at_run_time() {
+        let (layer, handle) = reload::Layer::<_, Registry>::new(EnvFilter::new("info"));
+        // The subscriber holding the filter (not installed globally here).
+        let _subscriber = tracing_subscriber::registry().with(layer);
+        let control = LogControl::new(handle);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_admin(
+            listener,
+            Arc::new(sesame_storage::MemStorage::new()),
+            Arc::new(AtomicBool::new(false)),
+            Some(control.clone()),
+            std::future::pending(),
+        ));
+        assert!(request(addr, "GET", "").await.contains("\r\n\r\ninfo"));
+        let r = request(addr, "PUT", "sesame=debug,warn").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert_eq!(control.current(), "sesame=debug,warn");
+        let r = request(addr, "PUT", "sesame=loud[").await;
+        assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+        assert_eq!(
+            control.current(),
+            "sesame=debug,warn",
+            "a bad filter changes nothing"
+        );
+    }
 }
