@@ -120,6 +120,7 @@ impl Creator {
         &self,
         tenant: TenantId,
         req: pb::CreateChallengeRequest,
+        trace_id: String,
     ) -> Result<Challenge, ApiError> {
         validate::user_id(&req.user_id)?;
         let context = convert::context_in(req.context)?;
@@ -247,7 +248,7 @@ impl Creator {
             challenge.user_id.clone(),
             challenge.id.clone(),
         );
-        match self.store_and_push(challenge, &devices).await {
+        match self.store_and_push(challenge, &devices, &trace_id).await {
             Ok((c, true)) => {
                 metrics::counter!(crate::metrics::CHALLENGES_CREATED, "tenant" => tenant_id.to_string())
                     .increment(1);
@@ -305,7 +306,9 @@ impl Creator {
         &self,
         challenge: Challenge,
         devices: &[sesame_core::Device],
+        trace_id: &str,
     ) -> Result<(Challenge, bool), ApiError> {
+        let trace_id = trace_id.to_owned();
         let now = challenge.created_at;
         match self.storage.create_challenge(&challenge).await? {
             Created::New => {}
@@ -332,6 +335,7 @@ impl Creator {
                 expires_at: challenge.expires_at,
                 enqueued_at: now,
                 attempt: 0,
+                trace_id: trace_id.clone(),
             })
             .collect();
         if let Err(e) = self.queue.publish_pushes(jobs) {
@@ -395,9 +399,15 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
         let tenant = self.auth.authenticate(request.metadata()).await?;
         let creator = self.creator();
         let req = request.into_inner();
-        let c = tokio::spawn(async move { creator.create(tenant, req).await })
-            .await
-            .map_err(|e| ApiError::Internal(format!("create task failed: {e}")))??;
+        // The task outlives the call if need be; it keeps the call's trace.
+        let trace_id = sesame_grpc::trace::current().unwrap_or_default();
+        let span = tracing::Span::current();
+        let c = tokio::spawn(tracing::Instrument::instrument(
+            async move { creator.create(tenant, req, trace_id).await },
+            span,
+        ))
+        .await
+        .map_err(|e| ApiError::Internal(format!("create task failed: {e}")))??;
         Ok(Response::new(pb::CreateChallengeResponse {
             challenge: Some(challenge_out(&c, now_ms())),
         }))

@@ -131,10 +131,20 @@ impl Dispatcher {
                 break;
             };
             let me = shared.clone();
-            tokio::spawn(async move {
-                me.handle(delivery).await;
-                drop(permit);
-            });
+            // Every log line about this push carries the login's trace id.
+            let span = tracing::info_span!(
+                "push",
+                trace_id = %delivery.job.trace_id,
+                challenge_id = %delivery.job.challenge_id,
+                provider = me.provider.name()
+            );
+            tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    me.handle(delivery).await;
+                    drop(permit);
+                },
+                span,
+            ));
         }
         // Drain: wait until every in-flight push has finished.
         let _ = permits
@@ -232,6 +242,7 @@ mod tests {
             expires_at: now_ms() + expires_in,
             enqueued_at: now_ms(),
             attempt: 0,
+            trace_id: String::new(),
         }
     }
 

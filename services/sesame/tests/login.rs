@@ -581,3 +581,54 @@ async fn health_and_reflection_are_served() {
     }
     h.shutdown().await;
 }
+
+/// A caller's W3C trace id is echoed back and travels with the challenge's
+/// push job to the dispatcher; a call without one gets a fresh id.
+#[tokio::test]
+async fn trace_id_follows_a_challenge_into_its_push_job() {
+    // No dispatcher in this process, so the test can take the job itself.
+    let h = Harness::start_configured(|c| {
+        c.roles = vec!["challenge".into(), "verifier".into()];
+    })
+    .await;
+    let _phone = h.enroll("traced").await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut req = h.req(Harness::login_request("traced", ENTER, 0));
+    req.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace}-00f067aa0ba902b7-01").parse().unwrap(),
+    );
+    let resp = h.challenges().create_challenge(req).await.unwrap();
+    assert_eq!(
+        resp.metadata()
+            .get("x-sesame-trace-id")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        trace
+    );
+    let challenge_id = resp.into_inner().challenge.unwrap().challenge_id;
+    let mut consumer = h.queue.push_consumer().await.unwrap();
+    let job = tokio::time::timeout(std::time::Duration::from_secs(5), consumer.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .job;
+    assert_eq!(job.challenge_id.to_string(), challenge_id);
+    assert_eq!(job.trace_id, trace);
+
+    let untraced = h
+        .challenges()
+        .get_challenge(h.req(sesame_proto::tenant::v1::GetChallengeRequest { challenge_id }))
+        .await
+        .unwrap();
+    let fresh = untraced
+        .metadata()
+        .get("x-sesame-trace-id")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert_eq!(fresh.len(), 32);
+    assert_ne!(fresh, trace);
+    h.shutdown().await;
+}

@@ -352,7 +352,8 @@ impl DeviceApi {
             self.guard.clone(),
             challenge.id.clone(),
         );
-        let resolved = tokio::spawn(async move {
+        let span = tracing::Span::current();
+        let resolved = tokio::spawn(tracing::Instrument::instrument(async move {
             let resolved = storage.resolve_challenge(&id, &resolution, now).await?;
             let _ = queue.publish_event(Event::Verdict {
                 tenant_id: resolved.tenant_id.clone(),
@@ -400,7 +401,7 @@ impl DeviceApi {
                 }
             }
             Ok::<_, StorageError>(resolved)
-        })
+        }, span))
         .await
         .map_err(|e| ApiError::Internal(format!("answer task failed: {e}")))??;
         let status = resolved.status(now);

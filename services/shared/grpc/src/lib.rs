@@ -9,6 +9,7 @@ mod auth;
 pub mod convert;
 mod error;
 pub mod metrics;
+pub mod trace;
 
 pub use auth::TenantAuth;
 pub use error::ApiError;

@@ -1,5 +1,6 @@
-//! Per-RPC metrics (rate, errors by status code, latency) for every gRPC
-//! service, as one tower layer on the server. Metric names live here.
+//! Per-RPC metrics (rate, errors by status code, latency) and trace context
+//! (see [`crate::trace`]) for every gRPC service, as one tower layer on the
+//! server. Metric names live here.
 //!
 //! The status code comes from the `grpc-status` response header: tonic sends
 //! every error as a trailers-only response, so a response without that header
@@ -101,10 +102,23 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let (service, method) = labels(req.uri().path());
+        let trace_id = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::trace::from_traceparent)
+            .unwrap_or_else(crate::trace::new_trace_id);
+        let span =
+            tracing::info_span!("rpc", %trace_id, rpc.service = %service, rpc.method = %method);
         let start = Instant::now();
         let fut = self.inner.call(req);
+        let header = http::HeaderValue::from_str(&trace_id).ok();
+        let fut = crate::trace::scope(trace_id, tracing::Instrument::instrument(fut, span));
         Box::pin(async move {
-            let res = fut.await;
+            let mut res = fut.await;
+            if let (Ok(r), Some(h)) = (&mut res, header) {
+                r.headers_mut().insert(crate::trace::TRACE_ID_HEADER, h);
+            }
             let code = match &res {
                 Ok(r) => code_name(r.headers().get("grpc-status")),
                 Err(_) => "UNAVAILABLE",

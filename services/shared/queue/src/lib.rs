@@ -30,6 +30,10 @@ pub struct PushJob {
     pub enqueued_at: UnixMillis,
     /// 0 for the first try; retries count up.
     pub attempt: u32,
+    /// The trace id of the call that created the challenge (empty if none),
+    /// so the push can be followed in the dispatcher's logs.
+    #[serde(default)]
+    pub trace_id: String,
 }
 
 /// Events fanned out to every interested replica.

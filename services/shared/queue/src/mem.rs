@@ -148,6 +148,7 @@ mod tests {
             expires_at: 0,
             enqueued_at: 0,
             attempt: 0,
+            trace_id: String::new(),
         }
     }
 
