@@ -190,7 +190,6 @@ impl Dispatcher {
                     if job.attempt >= self.config.max_attempts {
                         self.stats.failed.fetch_add(1, Ordering::Relaxed);
                         metrics::push(self.provider.name(), "failed");
-                        metrics::push(self.provider.name(), "failed");
                         tracing::warn!(%reason, attempts = job.attempt, device_id = %job.device_id, "push failed after retries");
                         break;
                     }

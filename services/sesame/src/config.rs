@@ -42,6 +42,10 @@ pub struct Config {
     pub push_provider: String,
     /// Seconds to drain in-flight work on SIGTERM.
     pub shutdown_grace_seconds: u64,
+    /// Seconds between announcing shutdown (health NOT_SERVING, `/ready` 503)
+    /// and closing the listener, so load balancers stop sending first. In
+    /// Kubernetes set it above readiness period × failure threshold.
+    pub shutdown_announce_seconds: u64,
     pub dispatcher: DispatcherSection,
     pub guard: GuardSection,
     pub quotas: QuotaSection,
@@ -113,6 +117,7 @@ impl Default for Config {
             challenge_retention_hours: 24,
             push_provider: "simulator".into(),
             shutdown_grace_seconds: 10,
+            shutdown_announce_seconds: 0,
             dispatcher: DispatcherSection::default(),
             guard: GuardSection::default(),
             quotas: QuotaSection::default(),

@@ -316,6 +316,7 @@ impl Sesame {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let health_for_drain = health.clone();
         let draining_flag = draining.clone();
+        let announce = Duration::from_secs(config.shutdown_announce_seconds);
         tokio::spawn(async move {
             shutdown.await;
             draining_flag.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -331,6 +332,8 @@ impl Sesame {
                     .set_service_status(service, tonic_health::ServingStatus::NotServing)
                     .await;
             }
+            // Give load balancers time to see it before the listener closes.
+            tokio::time::sleep(announce).await;
             // Long-lived streams end now; unary calls in flight finish.
             stop_streams.fire();
             let _ = stop_tx.send(());

@@ -47,6 +47,15 @@ pub fn prometheus() -> Option<PrometheusHandle> {
             sesame_challenge::metrics::describe();
             sesame_verifier::metrics::describe();
             sesame_dispatcher::metrics::describe();
+            // Histograms are drained only by rendering or upkeep: without a
+            // scraper they would grow, so run upkeep in the background.
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("sesame-metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                });
             Some(handle)
         })
         .clone()

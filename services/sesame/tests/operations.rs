@@ -1,6 +1,7 @@
 //! The operators' endpoints: `/live`, `/ready` and `/metrics` after real
 //! traffic, with no per-user labels. (Its own test binary: the Prometheus
-//! recorder is process-wide.)
+//! recorder is process-wide, so the other test here makes no call that the
+//! metrics test counts exactly.)
 
 mod common;
 
@@ -102,6 +103,18 @@ async fn live_ready_and_metrics_after_real_traffic() {
         .await;
     assert!(r.is_err());
 
+    // A call to a method no service has must not mint label values.
+    let mut grpc = tonic::client::Grpc::new(h.channel.clone());
+    grpc.ready().await.unwrap();
+    let bogus: Result<tonic::Response<()>, _> = grpc
+        .unary(
+            tonic::Request::new(()),
+            http::uri::PathAndQuery::from_static("/sesame.bogus.v1.Nope/Random123"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await;
+    assert_eq!(bogus.unwrap_err().code(), tonic::Code::Unimplemented);
+
     let (code, m) = get(&h.admin_url, "/metrics").await;
     assert_eq!(code, 200);
     let create_ok = [
@@ -177,14 +190,50 @@ async fn live_ready_and_metrics_after_real_traffic() {
     assert!(names.len() >= 6, "{names:?}");
     for name in names {
         assert!(
-            m.lines().any(|l| l.starts_with(name)),
+            m.lines().any(|l| l.starts_with(&format!("{name}{{"))
+                || l.starts_with(&format!("{name} "))
+                || l.starts_with(&format!("{name}_bucket{{"))),
             "{name} is used by the rules but not exported"
         );
     }
+
+    let unimplemented = [
+        ("service", "other"),
+        ("method", "other"),
+        ("code", "UNIMPLEMENTED"),
+    ];
+    assert_eq!(
+        sample(&m, "sesame_grpc_requests_total", &unimplemented),
+        Some(1.0)
+    );
+    assert!(!m.contains("Random123") && !m.contains("sesame.bogus"));
 
     // No per-user, per-device or per-challenge labels.
     assert!(!m.contains("metrics-user-7"));
     assert!(!m.contains(phone.device_id()));
     assert!(!m.contains(&approved.challenge_id));
+    h.shutdown().await;
+}
+
+/// On shutdown, readiness fails first, while the process still answers, for
+/// `shutdown_announce_seconds`; then it stops.
+#[tokio::test]
+async fn readiness_fails_before_the_listener_closes() {
+    let mut h = Harness::start_configured(|c| c.shutdown_announce_seconds = 1).await;
+    assert_eq!(get(&h.admin_url, "/ready").await.0, 200);
+    h.begin_shutdown();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (code, body) = get(&h.admin_url, "/ready").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("draining"));
+    assert_eq!(get(&h.admin_url, "/live").await.0, 200);
+    // gRPC still answers during the announcement.
+    let r = h
+        .enrollment()
+        .list_devices(h.req(sesame_proto::tenant::v1::ListDevicesRequest {
+            user_id: "u".into(),
+        }))
+        .await;
+    assert!(r.is_ok(), "{r:?}");
     h.shutdown().await;
 }

@@ -44,24 +44,15 @@ fn percent_encode(s: &str) -> String {
 
 async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    // HTTP/1.0: the answer comes whole, not chunked.
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     s.write_all(req.as_bytes()).await.ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.ok()?;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    // Prometheus answers queries with chunked encoding: keep the JSON object.
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let start = body.find('{').unwrap_or(0);
-        let end = body.rfind('}').map(|i| i + 1).unwrap_or(body.len());
-        body[start..end].to_owned()
-    } else {
-        body.to_owned()
-    };
+    let (_, body) = text.split_once("\r\n\r\n")?;
+    let body = body.to_owned();
     Some((code, body))
 }
 
@@ -125,7 +116,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         ))
         .arg(format!("--web.listen-address={addr}"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).expect("log file"))
         .spawn()
         .expect("prometheus not runnable: run scripts/setup.sh (Debian package prometheus)");
     let _prometheus = Prometheus(child);
@@ -137,7 +128,11 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(ready, "prometheus did not become ready");
+    assert!(
+        ready,
+        "prometheus did not become ready:\n{}",
+        std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+    );
 
     // Traffic: logins approved and reported as fraud, a quota refusal, a bad signature.
     let phone = h.enroll("dash-user").await;

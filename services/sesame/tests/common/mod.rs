@@ -126,10 +126,15 @@ impl Harness {
         }
     }
 
-    pub async fn shutdown(mut self) {
+    /// Signals shutdown without waiting for it (see [`Harness::shutdown`]).
+    pub fn begin_shutdown(&mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
+    }
+
+    pub async fn shutdown(mut self) {
+        self.begin_shutdown();
         if let Some(t) = self.task.take() {
             t.await.expect("join").expect("serve");
         }

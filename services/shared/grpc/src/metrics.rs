@@ -5,8 +5,10 @@
 //! The status code comes from the `grpc-status` response header: tonic sends
 //! every error as a trailers-only response, so a response without that header
 //! is a call that started successfully (`OK`; for server streams, the code of
-//! the stream's end is not counted here). Labels are bounded: service and
-//! method only for Sesame's and gRPC's own services, `other` for anything else.
+//! the stream's end is not counted here); a call dropped before it answered
+//! (timeout, disconnect) counts as `CANCELLED`. Labels are bounded: service
+//! and method only for Sesame's and gRPC's own services and only if a service
+//! answered (`UNIMPLEMENTED` paths are `other`), `other` for anything else.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -47,7 +49,7 @@ fn labels(path: &str) -> (String, String) {
 fn code_name(header: Option<&http::HeaderValue>) -> &'static str {
     let code = header
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
+        .map(|v| v.parse::<i32>().unwrap_or(2)) // malformed: UNKNOWN
         .unwrap_or(0);
     match tonic::Code::from(code) {
         tonic::Code::Ok => "OK",
@@ -114,6 +116,12 @@ where
         let fut = self.inner.call(req);
         let header = http::HeaderValue::from_str(&trace_id).ok();
         let fut = crate::trace::scope(trace_id, tracing::Instrument::instrument(fut, span));
+        let mut record = Record {
+            service,
+            method,
+            start,
+            done: false,
+        };
         Box::pin(async move {
             let mut res = fut.await;
             if let (Ok(r), Some(h)) = (&mut res, header) {
@@ -123,12 +131,45 @@ where
                 Ok(r) => code_name(r.headers().get("grpc-status")),
                 Err(_) => "UNAVAILABLE",
             };
-            metrics::counter!(GRPC_REQUESTS, "service" => service.clone(), "method" => method.clone(), "code" => code)
-                .increment(1);
-            metrics::histogram!(GRPC_DURATION, "service" => service, "method" => method)
-                .record(start.elapsed().as_secs_f64());
+            record.finish(code);
             res
         })
+    }
+}
+
+/// Records one call once: when it completes, or — if its future is dropped
+/// first (the server's timeout, the caller's `grpc-timeout`, a disconnect) —
+/// as `CANCELLED`, so the slowest calls do not vanish from the error ratio
+/// and the latency percentiles.
+struct Record {
+    service: String,
+    method: String,
+    start: Instant,
+    done: bool,
+}
+
+impl Record {
+    fn finish(&mut self, code: &'static str) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        // A path no service answers must not mint label values: it is `other`.
+        let (service, method) = if code == "UNIMPLEMENTED" {
+            ("other".to_owned(), "other".to_owned())
+        } else {
+            (self.service.clone(), self.method.clone())
+        };
+        metrics::counter!(GRPC_REQUESTS, "service" => service.clone(), "method" => method.clone(), "code" => code)
+            .increment(1);
+        metrics::histogram!(GRPC_DURATION, "service" => service, "method" => method)
+            .record(self.start.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.finish("CANCELLED");
     }
 }
 
