@@ -84,24 +84,7 @@ async fn live_ready_and_metrics_after_real_traffic() {
         .await;
     assert!(bad.is_err());
     // A quota refusal and a bad device signature, so those series exist too.
-    let _theirs = h.enroll_other("someone").await;
-    for _ in 0..2 {
-        let _ = h
-            .challenges()
-            .create_challenge(h.req_other(Harness::login_request("someone", ENTER, 0)))
-            .await;
-    }
-    let mut forged = phone.auth("ListPendingChallenges", &[]);
-    forged.signature[8] ^= 1;
-    let mut client = sesame_proto::device::v1::device_service_client::DeviceServiceClient::new(
-        h.channel.clone(),
-    );
-    let r = client
-        .list_pending_challenges(sesame_proto::device::v1::ListPendingChallengesRequest {
-            auth: Some(forged),
-        })
-        .await;
-    assert!(r.is_err());
+    h.refusal_and_bad_signature(&phone).await;
 
     // A call to a method no service has must not mint label values.
     let mut grpc = tonic::client::Grpc::new(h.channel.clone());

@@ -149,23 +149,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         phone.respond(&d, &a).await.unwrap();
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
-    let _theirs = h.enroll_other("someone").await;
-    for _ in 0..2 {
-        let _ = h
-            .challenges()
-            .create_challenge(h.req_other(Harness::login_request("someone", ENTER, 0)))
-            .await;
-    }
-    let mut forged = phone.auth("ListPendingChallenges", &[]);
-    forged.signature[8] ^= 1;
-    let mut client = sesame_proto::device::v1::device_service_client::DeviceServiceClient::new(
-        h.channel.clone(),
-    );
-    let _ = client
-        .list_pending_challenges(sesame_proto::device::v1::ListPendingChallengesRequest {
-            auth: Some(forged),
-        })
-        .await;
+    h.refusal_and_bad_signature(&phone).await;
 
     let mut queries = dashboard_queries();
     assert!(queries.len() >= 12, "{queries:?}");

@@ -213,6 +213,27 @@ impl Harness {
         .expect("enroll")
     }
 
+    /// Traffic that fills the error series: one challenge refused by the
+    /// other tenant's quota (configure it to 0.01/s) and one device request
+    /// with a broken signature, which must be refused.
+    pub async fn refusal_and_bad_signature(&self, phone: &SimDevice) {
+        let _theirs = self.enroll_other("someone").await;
+        for _ in 0..2 {
+            let _ = self
+                .challenges()
+                .create_challenge(self.req_other(Self::login_request("someone", ENTER, 0)))
+                .await;
+        }
+        let mut forged = phone.auth("ListPendingChallenges", &[]);
+        forged.signature[8] ^= 1;
+        let r = sesame_proto::device::v1::device_service_client::DeviceServiceClient::new(
+            self.channel.clone(),
+        )
+        .list_pending_challenges(dpb::ListPendingChallengesRequest { auth: Some(forged) })
+        .await;
+        assert_eq!(status_of(r).code(), Code::Unauthenticated);
+    }
+
     pub fn login_request(
         user: &str,
         mode: types::NumberMatchMode,
