@@ -25,7 +25,7 @@ use sesame_queue::{MemQueue, MemQueueConfig, Queue};
 use sesame_ratelimit::{
     DescriptorLimiter, GuardPolicy, RateLimitApi, TenantLimiter, TenantQuota, UserGuard,
 };
-use sesame_storage::{EmbeddedConfig, EmbeddedStorage, MemStorage, Storage};
+use sesame_storage::{EmbeddedConfig, EmbeddedStorage, MemStorage, MeteredStorage, Storage};
 use sesame_verifier::{DeviceApi, ReplayGuard};
 use tokio::net::TcpListener;
 
@@ -74,6 +74,7 @@ impl Sesame {
                 })?)
             }
         };
+        let storage: Arc<dyn Storage> = Arc::new(MeteredStorage::new(storage));
         let queue: Arc<dyn Queue> = Arc::new(MemQueue::new(MemQueueConfig::default()));
         Ok(Sesame {
             config,

@@ -47,6 +47,7 @@ pub fn prometheus() -> Option<PrometheusHandle> {
             sesame_challenge::metrics::describe();
             sesame_verifier::metrics::describe();
             sesame_dispatcher::metrics::describe();
+            sesame_storage::metered::describe();
             // Histograms are drained only by rendering or upkeep: without a
             // scraper they would grow, so run upkeep in the background.
             let upkeep = handle.clone();

@@ -85,6 +85,17 @@ async fn live_ready_and_metrics_after_real_traffic() {
     assert!(bad.is_err());
     // A quota refusal and a bad device signature, so those series exist too.
     h.refusal_and_bad_signature(&phone).await;
+    // An expected storage refusal: cancelling an answered challenge.
+    let late_cancel = h
+        .challenges()
+        .cancel_challenge(h.req(sesame_proto::tenant::v1::CancelChallengeRequest {
+            challenge_id: approved.challenge_id.clone(),
+        }))
+        .await;
+    assert_eq!(
+        status_of(late_cancel).code(),
+        tonic::Code::FailedPrecondition
+    );
 
     // A call to a method no service has must not mint label values.
     let mut grpc = tonic::client::Grpc::new(h.channel.clone());
@@ -180,6 +191,19 @@ async fn live_ready_and_metrics_after_real_traffic() {
         );
     }
 
+    let storage_op = [("backend", "embedded"), ("op", "create_challenge")];
+    assert!(
+        sample(
+            &m,
+            "sesame_storage_operation_duration_seconds_count",
+            &storage_op
+        ) >= Some(3.0)
+    );
+    let transition = [("op", "resolve_challenge"), ("kind", "transition")];
+    assert_eq!(
+        sample(&m, "sesame_storage_errors_total", &transition),
+        Some(1.0)
+    );
     let unimplemented = [
         ("service", "other"),
         ("method", "other"),

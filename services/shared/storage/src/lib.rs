@@ -3,7 +3,8 @@
 //! - [`EmbeddedStorage`]: the durable default, a redb file with group commit
 //!   (many concurrent writes share one fsync), so `cargo run` needs no
 //!   infrastructure and enrolled devices and verdicts survive `kill -9`;
-//! - [`MemStorage`]: in memory, for unit tests.
+//! - [`MemStorage`]: in memory, for unit tests;
+//! - [`MeteredStorage`]: wraps any backend with latency and error metrics.
 //!
 //! Every backend passes the same conformance suite (`testsuite`, run by
 //! `tests/conformance.rs`). Every method that takes a tenant enforces tenant
@@ -14,6 +15,7 @@
 mod embedded;
 mod error;
 mod mem;
+pub mod metered;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 
@@ -28,6 +30,7 @@ use sesame_core::{
 pub use embedded::{EmbeddedConfig, EmbeddedStorage};
 pub use error::StorageError;
 pub use mem::MemStorage;
+pub use metered::MeteredStorage;
 
 pub type Result<T> = std::result::Result<T, StorageError>;
 

@@ -22,3 +22,12 @@ mod embedded {
 
     sesame_storage::storage_suite!(open());
 }
+
+/// The metrics decorator must be transparent: the whole suite through it.
+mod metered {
+    use std::sync::Arc;
+
+    sesame_storage::storage_suite!(Arc::new(sesame_storage::MeteredStorage::new(Arc::new(
+        sesame_storage::MemStorage::new()
+    ))));
+}
