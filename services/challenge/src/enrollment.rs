@@ -5,11 +5,10 @@ use std::sync::Arc;
 use base64::Engine;
 use sesame_core::limits::{DEFAULT_ENROLLMENT_TTL_SECS, MAX_ENROLLMENT_TTL_SECS};
 use sesame_core::time::now_ms;
-use sesame_core::{validate, Device, DeviceId, EnrollmentTicket};
+use sesame_core::{payload, validate, Device, DeviceId, EnrollmentTicket};
 use sesame_grpc::{convert, ApiError};
 use sesame_proto::tenant::v1 as pb;
 use sesame_storage::Storage;
-use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use crate::{ChallengeConfig, TenantAuth};
@@ -23,10 +22,6 @@ pub fn new_enrollment_token() -> String {
         "{TOKEN_PREFIX}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
     )
-}
-
-pub fn token_hash(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
@@ -104,7 +99,7 @@ impl pb::enrollment_service_server::EnrollmentService for EnrollmentApi {
         let token = new_enrollment_token();
         let now = now_ms();
         let ticket = EnrollmentTicket {
-            token_sha256: token_hash(&token),
+            token_sha256: payload::enrollment_token_sha256(&token),
             tenant_id: tenant,
             user_id: req.user_id,
             created_at: now,

@@ -170,7 +170,12 @@ impl UserGuard {
         for _ in 0..MAX_CAS_ATTEMPTS {
             let (version, mut state) = self.storage.get_user_guard(tenant, user).await?;
             rules::prune(&mut state, now, policy);
-            let slot = self.slot(&state, now).await?;
+            // Without the one-pending rule the slot decides nothing: skip the read.
+            let slot = if policy.one_pending {
+                self.slot(&state, now).await?
+            } else {
+                Slot::Free
+            };
             let live = !matches!(slot, Slot::Free);
             let mut replaced = None;
             match rules::decide(&state, now, policy, live) {

@@ -200,7 +200,7 @@ impl DeviceApi {
             .map_err(|e| ApiError::invalid("public_key", e))?;
         signature_field("proof", &req.proof)?;
 
-        let token_hash = crate::enrollment_token_hash(&req.enrollment_token);
+        let token_hash = sesame_core::payload::enrollment_token_sha256(&req.enrollment_token);
         let ticket = self
             .storage
             .get_enrollment(&token_hash)

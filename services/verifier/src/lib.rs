@@ -13,9 +13,3 @@ mod replay;
 
 pub use device_api::DeviceApi;
 pub use replay::ReplayGuard;
-
-/// Enrollment tokens are looked up by SHA-256, as the challenge role stores them.
-pub fn enrollment_token_hash(token: &str) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(token.as_bytes()).into()
-}

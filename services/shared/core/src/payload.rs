@@ -38,6 +38,11 @@ pub fn context_hash(ctx: &ChallengeContext) -> [u8; 32] {
     Sha256::digest(&bytes).into()
 }
 
+/// How enrollment tokens are stored and looked up: only their SHA-256.
+pub fn enrollment_token_sha256(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
 /// Fields of a device's answer to a challenge.
 #[derive(Debug, Clone)]
 pub struct AnswerPayload<'a> {
