@@ -12,7 +12,7 @@ use sesame_core::time::now_ms;
 use sesame_core::{number_match, payload, validate, ChallengeId, TenantId};
 use sesame_grpc::{convert, ApiError};
 use sesame_proto::tenant::v1 as pb;
-use sesame_queue::{Event, PushJob, Queue, QueueError};
+use sesame_queue::{Event, PushJob, Queue};
 use sesame_ratelimit::{rules, GuardError, QuotaRefusal, TenantLimiter, UserGuard};
 use sesame_storage::{Created, Storage, StorageError};
 use tokio_stream::Stream;
@@ -159,9 +159,7 @@ impl Creator {
             .iter()
             .filter(|d| d.push_enabled && !d.push_token.is_empty())
             .count();
-        if !self.queue.has_room_for_pushes(pushable) {
-            return Err(QueueError::Full("push jobs").into());
-        }
+        self.queue.check_room_for_pushes(pushable)?;
 
         let now = now_ms();
         // A retry of the still-pending challenge gets it back, before any
@@ -336,9 +334,10 @@ impl Creator {
                 enqueued_at: now,
                 attempt: 0,
                 trace_id: trace_id.clone(),
+                not_before: 0,
             })
             .collect();
-        if let Err(e) = self.queue.publish_pushes(jobs) {
+        if let Err(e) = self.queue.publish_pushes(jobs).await {
             // No push will go out: cancel so that nothing can answer a
             // challenge the tenant was told failed, then tell it to retry.
             let cancel = Resolution {

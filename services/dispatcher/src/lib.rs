@@ -19,7 +19,7 @@ pub mod metrics;
 use rand::Rng;
 use sesame_core::time::now_ms;
 use sesame_push::{PushOutcome, PushProvider};
-use sesame_queue::{Event, PushDelivery, Queue};
+use sesame_queue::{Event, PushDelivery, PushJob, Queue};
 use tokio::sync::Semaphore;
 
 #[derive(Debug, Clone)]
@@ -124,13 +124,19 @@ impl Dispatcher {
                 return;
             }
         };
-        let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        // Jobs taken from the queue, some of them waiting for their retry
+        // time; and, among them, sends in flight. A waiting retry holds no
+        // send slot, so retries cannot starve fresh pushes.
+        let held_limit = self.config.concurrency.max(1).saturating_mul(4);
+        let held = Arc::new(Semaphore::new(held_limit));
+        let sending = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let shared = Arc::new(self);
         while let Some(delivery) = consumer.next().await {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
+            let Ok(permit) = held.clone().acquire_owned().await else {
                 break;
             };
             let me = shared.clone();
+            let sending = sending.clone();
             // Every log line about this push carries the login's trace id.
             let span = tracing::info_span!(
                 "push",
@@ -140,39 +146,46 @@ impl Dispatcher {
             );
             tokio::spawn(tracing::Instrument::instrument(
                 async move {
-                    me.handle(delivery).await;
+                    me.handle(delivery, &sending).await;
                     drop(permit);
                 },
                 span,
             ));
         }
-        // Drain: wait until every in-flight push has finished.
-        let _ = permits
-            .acquire_many(shared.config.concurrency.max(1) as u32)
-            .await;
+        // Drain: wait until every job taken has finished.
+        let _ = held.acquire_many(held_limit as u32).await;
     }
 
-    async fn handle(&self, delivery: PushDelivery) {
+    async fn handle(&self, delivery: PushDelivery, sending: &Semaphore) {
         let mut job = delivery.job.clone();
+        // A retry waits for its time (never past the challenge's expiry).
+        let wait = job.not_before.min(job.expires_at) - now_ms();
+        if wait > 0 {
+            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+        }
+        let Ok(_slot) = sending.acquire().await else {
+            return;
+        };
+        let provider = self.provider.name();
         loop {
             let now = now_ms();
             if now >= job.expires_at {
                 self.stats.expired_dropped.fetch_add(1, Ordering::Relaxed);
-                metrics::push(self.provider.name(), "expired_dropped");
+                metrics::push(provider, "expired_dropped");
                 tracing::debug!(challenge_id = %job.challenge_id, "push dropped: challenge expired");
                 break;
             }
             match self.provider.send(&job, now).await {
                 PushOutcome::Delivered => {
                     self.stats.delivered.fetch_add(1, Ordering::Relaxed);
-                    metrics::push(self.provider.name(), "delivered");
-                    ::metrics::histogram!(metrics::PUSH_DELIVERY, "provider" => self.provider.name())
+                    metrics::push(provider, "delivered");
+                    ::metrics::histogram!(metrics::PUSH_DELIVERY, "provider" => provider)
                         .record((now_ms() - job.enqueued_at).max(0) as f64 / 1000.0);
                     break;
                 }
                 PushOutcome::DeadToken => {
                     self.stats.dead_tokens.fetch_add(1, Ordering::Relaxed);
-                    metrics::push(self.provider.name(), "dead_token");
+                    metrics::push(provider, "dead_token");
                     let _ = self.queue.publish_event(Event::PushTokenDead {
                         device_id: job.device_id.clone(),
                         push_token: job.push_token.clone(),
@@ -180,28 +193,46 @@ impl Dispatcher {
                     break;
                 }
                 PushOutcome::Failed { reason } => {
-                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    metrics::push(self.provider.name(), "failed");
-                    tracing::warn!(%reason, provider = self.provider.name(), device_id = %job.device_id, "push failed permanently");
+                    self.fail(&job, &format!("permanent: {reason}")).await;
                     break;
                 }
                 PushOutcome::Retry { after, reason } => {
                     job.attempt += 1;
                     if job.attempt >= self.config.max_attempts {
-                        self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                        metrics::push(self.provider.name(), "failed");
-                        tracing::warn!(%reason, attempts = job.attempt, device_id = %job.device_id, "push failed after retries");
+                        let why = format!("gave up after {} attempts: {reason}", job.attempt);
+                        self.fail(&job, &why).await;
                         break;
                     }
                     self.stats.retried.fetch_add(1, Ordering::Relaxed);
-                    metrics::push(self.provider.name(), "retry");
+                    metrics::push(provider, "retry");
                     let delay = retry_delay(&self.config, job.attempt, after);
-                    let left = Duration::from_millis((job.expires_at - now_ms()).max(0) as u64);
-                    tokio::time::sleep(delay.min(left)).await;
+                    job.not_before = now_ms() + delay.as_millis() as i64;
+                    // Handed back to the queue (Kafka: the retry topic), this
+                    // job's offset can be committed and the slot freed. If
+                    // the queue cannot take it, wait here instead.
+                    match self.queue.publish_retry(job.clone()).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "retry kept in process");
+                            let left = (job.expires_at - now_ms()).max(0) as u64;
+                            tokio::time::sleep(delay.min(Duration::from_millis(left))).await;
+                        }
+                    }
                 }
             }
         }
         delivery.ack();
+    }
+
+    /// A push that will never be delivered: counted, logged and parked in
+    /// the dead letters with the reason.
+    async fn fail(&self, job: &PushJob, reason: &str) {
+        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        metrics::push(self.provider.name(), "failed");
+        tracing::warn!(%reason, provider = self.provider.name(), device_id = %job.device_id, "push failed");
+        if let Err(e) = self.queue.publish_dead_letter(job, reason).await {
+            tracing::warn!(error = %e, device_id = %job.device_id, "dead letter not stored");
+        }
     }
 }
 
@@ -211,7 +242,7 @@ mod tests {
     use async_trait::async_trait;
     use sesame_core::model::Platform;
     use sesame_core::{ChallengeId, DeviceId, TenantId};
-    use sesame_queue::{MemQueue, MemQueueConfig, PushJob};
+    use sesame_queue::{MemQueue, MemQueueConfig};
     use std::sync::Mutex;
 
     struct Scripted(Mutex<Vec<PushOutcome>>, AtomicU64);
@@ -242,13 +273,14 @@ mod tests {
             enqueued_at: now_ms(),
             attempt: 0,
             trace_id: String::new(),
+            not_before: 0,
         }
     }
 
     async fn run_with(
         outcomes: Vec<PushOutcome>,
         jobs: Vec<PushJob>,
-    ) -> (Arc<DispatchStats>, u64, Vec<Event>) {
+    ) -> (Arc<DispatchStats>, u64, Vec<Event>, Arc<MemQueue>) {
         let queue = Arc::new(MemQueue::new(MemQueueConfig::default()));
         let mut events = queue.subscribe_events().await.unwrap();
         let provider = Arc::new(Scripted(Mutex::new(outcomes), AtomicU64::new(0)));
@@ -258,19 +290,35 @@ mod tests {
         };
         let d = Dispatcher::new(queue.clone(), provider.clone(), config);
         let stats = d.stats();
-        queue.publish_pushes(jobs).unwrap();
+        let n = jobs.len() as u64;
+        queue.publish_pushes(jobs).await.unwrap();
+        let run = tokio::spawn(d.run());
+        // Close only once every job has its outcome: retries go back
+        // through the queue, so closing early would test the fallback.
+        let finished = |s: &DispatchStats| {
+            s.delivered.load(Ordering::Relaxed)
+                + s.failed.load(Ordering::Relaxed)
+                + s.dead_tokens.load(Ordering::Relaxed)
+                + s.expired_dropped.load(Ordering::Relaxed)
+        };
+        for _ in 0..500 {
+            if finished(&stats) >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         queue.close();
-        d.run().await;
+        run.await.unwrap();
         let mut seen = Vec::new();
         while let Ok(Ok(e)) = tokio::time::timeout(Duration::from_millis(10), events.next()).await {
             seen.push(e);
         }
-        (stats, provider.1.load(Ordering::Relaxed), seen)
+        (stats, provider.1.load(Ordering::Relaxed), seen, queue)
     }
 
     #[tokio::test]
     async fn expired_jobs_are_dropped_not_sent() {
-        let (stats, sends, _) = run_with(vec![], vec![job(-1), job(60_000)]).await;
+        let (stats, sends, _, _) = run_with(vec![], vec![job(-1), job(60_000)]).await;
         assert_eq!(sends, 1);
         assert_eq!(stats.expired_dropped.load(Ordering::Relaxed), 1);
         assert_eq!(stats.delivered.load(Ordering::Relaxed), 1);
@@ -282,8 +330,10 @@ mod tests {
             after: Some(Duration::from_millis(1)),
             reason: "503".into(),
         };
-        let (stats, sends, _) = run_with(vec![retry.clone(), retry], vec![job(60_000)]).await;
+        let (stats, sends, _, queue) =
+            run_with(vec![retry.clone(), retry], vec![job(60_000)]).await;
         assert_eq!(sends, 3);
+        assert!(queue.dead_letters().is_empty());
         assert_eq!(stats.retried.load(Ordering::Relaxed), 2);
         assert_eq!(stats.delivered.load(Ordering::Relaxed), 1);
     }
@@ -294,15 +344,49 @@ mod tests {
             after: None,
             reason: "503".into(),
         };
-        let (stats, sends, _) = run_with(vec![retry; 10], vec![job(60_000)]).await;
+        let j = job(60_000);
+        let (stats, sends, _, queue) = run_with(vec![retry; 10], vec![j.clone()]).await;
         assert_eq!(sends, 5);
         assert_eq!(stats.failed.load(Ordering::Relaxed), 1);
+        let dead = queue.dead_letters();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].0.challenge_id, j.challenge_id);
+        assert_eq!(dead[0].0.attempt, 5);
+        assert!(
+            dead[0].1.contains("gave up after 5 attempts: 503"),
+            "{}",
+            dead[0].1
+        );
+    }
+
+    #[tokio::test]
+    async fn permanent_failures_go_to_dead_letters_at_once() {
+        let failed = PushOutcome::Failed {
+            reason: "BadDeviceToken".into(),
+        };
+        let (stats, sends, _, queue) = run_with(vec![failed], vec![job(60_000)]).await;
+        assert_eq!(sends, 1);
+        assert_eq!(stats.failed.load(Ordering::Relaxed), 1);
+        assert_eq!(queue.dead_letters()[0].1, "permanent: BadDeviceToken");
+    }
+
+    #[tokio::test]
+    async fn a_retry_waits_for_its_time_and_keeps_the_expiry() {
+        // A retry due in 200 ms, for a challenge that expires in 100 ms:
+        // dropped at the expiry, not sent.
+        let mut j = job(100);
+        j.not_before = now_ms() + 200;
+        let started = std::time::Instant::now();
+        let (stats, sends, _, _) = run_with(vec![], vec![j]).await;
+        assert_eq!(sends, 0);
+        assert_eq!(stats.expired_dropped.load(Ordering::Relaxed), 1);
+        assert!(started.elapsed() >= Duration::from_millis(90));
     }
 
     #[tokio::test]
     async fn dead_token_is_reported_back() {
         let j = job(60_000);
-        let (stats, _, events) = run_with(vec![PushOutcome::DeadToken], vec![j.clone()]).await;
+        let (stats, _, events, _) = run_with(vec![PushOutcome::DeadToken], vec![j.clone()]).await;
         assert_eq!(stats.dead_tokens.load(Ordering::Relaxed), 1);
         assert_eq!(
             events,

@@ -102,7 +102,7 @@ async fn start() -> Rig {
         lock_after: 0,
         ..Default::default()
     };
-    let app = Sesame::open(config).expect("open");
+    let app = Sesame::open(config).await.expect("open");
     let key_file = app.ensure_dev_tenant().await.expect("tenant");
     let key = std::fs::read_to_string(key_file)
         .expect("key")

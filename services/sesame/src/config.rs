@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use sesame_queue::KafkaConfig;
 use sesame_ratelimit::{DescriptorLimit, GuardPolicy, TenantQuota};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,8 +22,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `embedded` (durable, default) or `memory` (lost on exit; tests).
     pub storage: String,
-    /// `memory`: the in-process bounded queue.
+    /// `memory`: the in-process bounded queue; `kafka://host:port[,host:port]`:
+    /// Kafka (settings in `[kafka]`).
     pub queue: String,
+    /// Kafka topics, partitions and client settings (with `queue = "kafka://..."`).
+    pub kafka: KafkaConfig,
     /// Roles this process runs: `all`, or any of `challenge`, `verifier`, `dispatcher`, `ratelimit`.
     pub roles: Vec<String>,
     /// Device API URL put into enrollment URIs; empty means `http://<listen>`.
@@ -40,6 +44,11 @@ pub struct Config {
     pub challenge_retention_hours: u64,
     /// `simulator`: the built-in simulated provider.
     pub push_provider: String,
+    /// Where a dispatcher sends simulated pushes: empty for this process's
+    /// own simulator, or the URL of the process that serves it
+    /// (`sesame.simulator.v1.PushGateway`), so that dispatchers in other
+    /// processes deliver into one set of phone inboxes.
+    pub simulator_url: String,
     /// Seconds to drain in-flight work on SIGTERM.
     pub shutdown_grace_seconds: u64,
     /// Seconds between announcing shutdown (health NOT_SERVING, `/ready` 503)
@@ -107,6 +116,7 @@ impl Default for Config {
             data_dir: PathBuf::from("sesame-data"),
             storage: "embedded".into(),
             queue: "memory".into(),
+            kafka: KafkaConfig::default(),
             roles: vec!["all".into()],
             public_device_url: String::new(),
             durable_writes: true,
@@ -116,6 +126,7 @@ impl Default for Config {
             max_devices_per_user: sesame_core::limits::MAX_DEVICES_PER_USER,
             challenge_retention_hours: 24,
             push_provider: "simulator".into(),
+            simulator_url: String::new(),
             shutdown_grace_seconds: 10,
             shutdown_announce_seconds: 0,
             dispatcher: DispatcherSection::default(),
@@ -182,10 +193,19 @@ impl Config {
             self.storage
         );
         anyhow::ensure!(
-            self.queue == "memory",
-            "queue = {:?}: only \"memory\" (the in-process queue) is available",
+            self.queue == "memory" || KafkaConfig::brokers_from_uri(&self.queue).is_some(),
+            "queue = {:?}: use \"memory\" (in-process) or \"kafka://host:port[,host:port...]\"",
             self.queue
         );
+        self.kafka.validate().map_err(|e| anyhow::anyhow!(e))?;
+        if !self.simulator_url.is_empty() {
+            anyhow::ensure!(
+                self.simulator_url.starts_with("http://")
+                    || self.simulator_url.starts_with("https://"),
+                "simulator_url = {:?}: an http:// or https:// URL",
+                self.simulator_url
+            );
+        }
         anyhow::ensure!(
             self.push_provider == "simulator",
             "push_provider = {:?}: only \"simulator\" is available",

@@ -209,7 +209,7 @@ async fn serve(
     }
     let log_control = sesame::telemetry::init_tracing(&config.log_format, &config.log_level);
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
-    let mut app = Sesame::open(config)?;
+    let mut app = Sesame::open(config).await?;
     app.log_control = Some(log_control);
     if app.config.dev_tenant && app.roles.challenge {
         let path = app.ensure_dev_tenant().await?;

@@ -17,11 +17,12 @@ use sesame_core::{Tenant, TenantId};
 use sesame_dispatcher::{Dispatcher, DispatcherConfig};
 use sesame_proto::device::v1::device_service_server::DeviceServiceServer;
 use sesame_proto::ratelimit::v1::rate_limit_service_server::RateLimitServiceServer;
+use sesame_proto::simulator::v1::push_gateway_server::PushGatewayServer;
 use sesame_proto::simulator::v1::push_inbox_server::PushInboxServer;
 use sesame_proto::tenant::v1::challenge_service_server::ChallengeServiceServer;
 use sesame_proto::tenant::v1::enrollment_service_server::EnrollmentServiceServer;
 use sesame_push::SimulatorProvider;
-use sesame_queue::{MemQueue, MemQueueConfig, Queue};
+use sesame_queue::{KafkaConfig, KafkaQueue, MemQueue, MemQueueConfig, Queue};
 use sesame_ratelimit::{
     DescriptorLimiter, GuardPolicy, RateLimitApi, TenantLimiter, TenantQuota, UserGuard,
 };
@@ -30,7 +31,7 @@ use sesame_verifier::{DeviceApi, ReplayGuard};
 use tokio::net::TcpListener;
 
 use crate::config::{Config, Roles};
-use crate::inbox::InboxApi;
+use crate::inbox::{GatewayApi, InboxApi};
 
 /// The development tenant created by a zero-configuration `serve`.
 pub const DEV_TENANT: &str = "dev";
@@ -58,10 +59,16 @@ pub struct Sesame {
 
 impl Sesame {
     /// Opens the backends named by the configuration.
-    pub fn open(config: Config) -> anyhow::Result<Self> {
+    pub async fn open(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
+        // Backends record metrics from the start.
+        crate::telemetry::prometheus();
         let roles = config.roles()?;
+        // A dispatcher is stateless: a process with no other role opens no
+        // store (an empty in-memory one stands in and is never written).
+        let needs_storage = roles.challenge || roles.verifier || roles.ratelimit;
         let storage: Arc<dyn Storage> = match config.storage.as_str() {
+            _ if !needs_storage => Arc::new(MemStorage::new()),
             "memory" => Arc::new(MemStorage::new()),
             _ => {
                 let mut c = EmbeddedConfig::new(EmbeddedStorage::path_in(&config.data_dir));
@@ -75,7 +82,20 @@ impl Sesame {
             }
         };
         let storage: Arc<dyn Storage> = Arc::new(MeteredStorage::new(storage));
-        let queue: Arc<dyn Queue> = Arc::new(MemQueue::new(MemQueueConfig::default()));
+        let queue: Arc<dyn Queue> = match KafkaConfig::brokers_from_uri(&config.queue) {
+            Some(brokers) => {
+                let kafka = KafkaConfig {
+                    brokers,
+                    ..config.kafka.clone()
+                };
+                Arc::new(
+                    KafkaQueue::connect(kafka)
+                        .await
+                        .context("connecting to Kafka")?,
+                )
+            }
+            None => Arc::new(MemQueue::new(MemQueueConfig::default())),
+        };
         Ok(Sesame {
             config,
             roles,
@@ -158,6 +178,7 @@ impl Sesame {
             tokio::spawn(crate::telemetry::serve_admin(
                 admin,
                 storage,
+                self.queue.clone(),
                 draining,
                 self.log_control.clone(),
                 async {
@@ -293,9 +314,16 @@ impl Sesame {
         }
 
         let dispatcher_done = if roles.dispatcher {
+            // Pushes go to this process's simulator, or to the one named by
+            // `simulator_url` (another process's PushGateway).
+            let provider: Arc<dyn sesame_push::PushProvider> = if config.simulator_url.is_empty() {
+                simulator.clone()
+            } else {
+                Arc::new(crate::inbox::RemoteSimulator::new(&config.simulator_url)?)
+            };
             let d = Dispatcher::new(
                 queue.clone(),
-                simulator.clone(),
+                provider,
                 DispatcherConfig {
                     concurrency: config.dispatcher.concurrency,
                     max_attempts: config.dispatcher.max_attempts,
@@ -306,9 +334,16 @@ impl Sesame {
         } else {
             None
         };
-        // The simulator's inbox is served wherever pushes are simulated.
-        let inbox = (config.push_provider == "simulator").then(|| {
+        // The simulator's inbox (and the gateway where dispatchers of other
+        // processes send) is served wherever the simulator lives.
+        let local_simulator =
+            config.push_provider == "simulator" && config.simulator_url.is_empty();
+        let inbox = local_simulator.then(|| {
             PushInboxServer::new(InboxApi::new(simulator.clone(), streams_shutdown.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        });
+        let gateway = local_simulator.then(|| {
+            PushGatewayServer::new(GatewayApi::new(simulator.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
         });
 
@@ -353,6 +388,7 @@ impl Sesame {
             .add_optional_service(device)
             .add_optional_service(ratelimit)
             .add_optional_service(inbox)
+            .add_optional_service(gateway)
             .serve_with_incoming_shutdown(
                 // `tcp_nodelay` above applies only to listeners tonic binds
                 // itself; set it on each accepted socket, or Nagle's algorithm

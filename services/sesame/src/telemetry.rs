@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sesame_queue::Queue;
 use sesame_storage::Storage;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{reload, EnvFilter, Registry};
@@ -48,6 +49,7 @@ pub fn prometheus() -> Option<PrometheusHandle> {
             sesame_verifier::metrics::describe();
             sesame_dispatcher::metrics::describe();
             sesame_storage::metered::describe();
+            sesame_queue::metrics::describe();
             // Histograms are drained only by rendering or upkeep: without a
             // scraper they would grow, so run upkeep in the background.
             let upkeep = handle.clone();
@@ -107,6 +109,7 @@ struct AdminState {
     log: Option<LogControl>,
     metrics: Option<PrometheusHandle>,
     storage: Arc<dyn Storage>,
+    queue: Arc<dyn Queue>,
     draining: Arc<AtomicBool>,
 }
 
@@ -120,14 +123,17 @@ async fn metrics_text(State(s): State<AdminState>) -> (StatusCode, String) {
     }
 }
 
-/// Ready when the storage answers and the process is not draining.
+/// Ready when the storage and the queue answer and the process is not draining.
 async fn ready(State(s): State<AdminState>) -> (StatusCode, &'static str) {
     if s.draining.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n");
     }
-    match s.storage.health_check().await {
+    if s.storage.health_check().await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n");
+    }
+    match s.queue.health_check().await {
         Ok(()) => (StatusCode::OK, "ready\n"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue unavailable\n"),
     }
 }
 
@@ -164,6 +170,7 @@ async fn put_log_level(State(s): State<AdminState>, body: String) -> (StatusCode
 pub async fn serve_admin(
     listener: tokio::net::TcpListener,
     storage: Arc<dyn Storage>,
+    queue: Arc<dyn Queue>,
     draining: Arc<AtomicBool>,
     log: Option<LogControl>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -172,6 +179,7 @@ pub async fn serve_admin(
         log,
         metrics: prometheus(),
         storage,
+        queue,
         draining,
     };
     let app = Router::new()
@@ -213,6 +221,7 @@ mod tests {
         tokio::spawn(serve_admin(
             listener,
             Arc::new(sesame_storage::MemStorage::new()),
+            Arc::new(sesame_queue::MemQueue::new(Default::default())),
             Arc::new(AtomicBool::new(false)),
             Some(control.clone()),
             std::future::pending(),

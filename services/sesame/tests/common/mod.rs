@@ -80,7 +80,7 @@ impl Harness {
             ..Config::default()
         };
         tweak(&mut config);
-        let app = Sesame::open(config).expect("open");
+        let app = Sesame::open(config).await.expect("open");
         let key_file = app.ensure_dev_tenant().await.expect("dev tenant");
         let key = std::fs::read_to_string(key_file)
             .expect("key")

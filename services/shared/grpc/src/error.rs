@@ -89,6 +89,9 @@ impl From<QueueError> for ApiError {
             }
             QueueError::Closed => ApiError::Unavailable("the server is shutting down".into()),
             QueueError::Backend(m) => ApiError::Unavailable(format!("queue unavailable: {m}")),
+            QueueError::Unavailable(m) => {
+                ApiError::Unavailable(format!("push delivery is unavailable ({m}); retry shortly"))
+            }
         }
     }
 }

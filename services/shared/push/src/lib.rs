@@ -11,7 +11,7 @@ use sesame_core::time::UnixMillis;
 use sesame_queue::PushJob;
 
 mod simulator;
-pub use simulator::{SimulatedPush, SimulatorProvider, DEAD_TOKEN_PREFIX};
+pub use simulator::{Accepted, SimulatedPush, SimulatorProvider, DEAD_TOKEN_PREFIX};
 
 /// The generic, localisable alert: no personal data goes through Apple or Google.
 pub const ALERT_TITLE: &str = "Sign-in request";

@@ -43,10 +43,33 @@ pub struct SimulatedPush {
     pub expires_at: UnixMillis,
 }
 
+/// Collapse ids remembered per phone to recognise duplicates.
+pub const SEEN_PER_MAILBOX: usize = 64;
+
+impl SimulatedPush {
+    /// The push a job becomes: the challenge id and the generic alert only.
+    pub fn for_job(job: &PushJob) -> SimulatedPush {
+        SimulatedPush {
+            challenge_id: job.challenge_id.to_string(),
+            alert_title: ALERT_TITLE.into(),
+            alert_body: ALERT_BODY.into(),
+            collapse_id: job.challenge_id.to_string(),
+            expires_at: job.expires_at,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Mailbox {
-    queue: Mutex<VecDeque<SimulatedPush>>,
+    queue: Mutex<MailboxState>,
     notify: Notify,
+}
+
+#[derive(Default)]
+struct MailboxState {
+    waiting: VecDeque<SimulatedPush>,
+    /// The latest collapse ids this phone received (read or not).
+    seen: VecDeque<String>,
 }
 
 #[derive(Default)]
@@ -54,6 +77,19 @@ pub struct SimulatorProvider {
     boxes: DashMap<String, Arc<Mailbox>>,
     delivered: AtomicU64,
     collapsed: AtomicU64,
+    duplicates: AtomicU64,
+}
+
+/// What the simulator made of one push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// A new push for this phone.
+    New,
+    /// The phone already had a push with this collapse id (at-least-once
+    /// delivery sent it twice): it replaces the first, the user sees one.
+    Duplicate,
+    /// Unregistered token.
+    DeadToken,
 }
 
 impl SimulatorProvider {
@@ -78,7 +114,7 @@ impl SimulatorProvider {
             let notified = mb.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(p) = mb.queue.lock().ok()?.pop_front() {
+            if let Some(p) = mb.queue.lock().ok()?.waiting.pop_front() {
                 return Some(p);
             }
             notified.await;
@@ -94,6 +130,49 @@ impl SimulatorProvider {
     pub fn collapsed(&self) -> u64 {
         self.collapsed.load(Ordering::Relaxed)
     }
+
+    /// Pushes whose collapse id the phone had already received.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
+    }
+
+    /// Accepts one push for `token`, as APNs or FCM would.
+    pub fn accept(&self, token: &str, push: SimulatedPush) -> Accepted {
+        if token.starts_with(DEAD_TOKEN_PREFIX) {
+            return Accepted::DeadToken;
+        }
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        let Some(mb) = self.mailbox(token) else {
+            return Accepted::New;
+        };
+        let mut accepted = Accepted::New;
+        if let Ok(mut st) = mb.queue.lock() {
+            if st.seen.contains(&push.collapse_id) {
+                accepted = Accepted::Duplicate;
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+            } else {
+                if st.seen.len() >= SEEN_PER_MAILBOX {
+                    st.seen.pop_front();
+                }
+                st.seen.push_back(push.collapse_id.clone());
+            }
+            if let Some(pos) = st
+                .waiting
+                .iter()
+                .position(|p| p.collapse_id == push.collapse_id)
+            {
+                st.waiting[pos] = push;
+                self.collapsed.fetch_add(1, Ordering::Relaxed);
+            } else if accepted == Accepted::New {
+                if st.waiting.len() >= MAILBOX_CAPACITY {
+                    st.waiting.pop_front();
+                }
+                st.waiting.push_back(push);
+            }
+        }
+        mb.notify.notify_one();
+        accepted
+    }
 }
 
 #[async_trait]
@@ -103,32 +182,41 @@ impl PushProvider for SimulatorProvider {
     }
 
     async fn send(&self, job: &PushJob, _now: UnixMillis) -> PushOutcome {
-        if job.push_token.starts_with(DEAD_TOKEN_PREFIX) {
-            return PushOutcome::DeadToken;
+        match self.accept(&job.push_token, SimulatedPush::for_job(job)) {
+            Accepted::DeadToken => PushOutcome::DeadToken,
+            Accepted::New | Accepted::Duplicate => PushOutcome::Delivered,
         }
-        let push = SimulatedPush {
-            challenge_id: job.challenge_id.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(id: &str) -> SimulatedPush {
+        SimulatedPush {
+            challenge_id: id.into(),
             alert_title: ALERT_TITLE.into(),
             alert_body: ALERT_BODY.into(),
-            collapse_id: job.challenge_id.to_string(),
-            expires_at: job.expires_at,
-        };
-        self.delivered.fetch_add(1, Ordering::Relaxed);
-        let Some(mb) = self.mailbox(&job.push_token) else {
-            return PushOutcome::Delivered;
-        };
-        if let Ok(mut q) = mb.queue.lock() {
-            if let Some(pos) = q.iter().position(|p| p.collapse_id == push.collapse_id) {
-                q[pos] = push;
-                self.collapsed.fetch_add(1, Ordering::Relaxed);
-            } else {
-                if q.len() >= MAILBOX_CAPACITY {
-                    q.pop_front();
-                }
-                q.push_back(push);
-            }
+            collapse_id: id.into(),
+            expires_at: 0,
         }
-        mb.notify.notify_one();
-        PushOutcome::Delivered
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_is_counted_and_shown_once() {
+        let sim = SimulatorProvider::new();
+        assert_eq!(sim.accept("tok", push("a")), Accepted::New);
+        assert_eq!(sim.recv("tok").await, Some(push("a")));
+        // Read already: the duplicate is recognised but not shown again.
+        assert_eq!(sim.accept("tok", push("a")), Accepted::Duplicate);
+        // Not read yet: the duplicate replaces the waiting one.
+        assert_eq!(sim.accept("tok", push("b")), Accepted::New);
+        assert_eq!(sim.accept("tok", push("b")), Accepted::Duplicate);
+        assert_eq!(sim.accept("tok", push("c")), Accepted::New);
+        assert_eq!(sim.recv("tok").await, Some(push("b")));
+        assert_eq!(sim.recv("tok").await, Some(push("c")));
+        assert_eq!((sim.delivered(), sim.duplicates()), (5, 2));
+        assert_eq!(sim.accept("dead:x", push("a")), Accepted::DeadToken);
     }
 }

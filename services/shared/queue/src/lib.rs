@@ -2,11 +2,11 @@
 //! dispatchers, and events (verdicts, dead push tokens) back to the roles
 //! that serve watch streams and own storage.
 //!
-//! [`MemQueue`] is the in-process, bounded default. A Kafka backend plugs in
-//! behind the same trait; that is why a push job carries everything a
-//! dispatcher needs to send (a dispatcher has no database) and why delivery
-//! is acknowledged explicitly (offsets are committed only after the outcome
-//! is known).
+//! [`MemQueue`] is the in-process, bounded default; `KafkaQueue` (feature
+//! `kafka`) fans the same traffic out over Kafka topics to any number of
+//! processes. That is why a push job carries everything a dispatcher needs
+//! to send (a dispatcher has no database) and why delivery is acknowledged
+//! explicitly (Kafka offsets are committed only after the outcome is known).
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,12 @@ use sesame_core::model::{ChallengeStatus, Platform};
 use sesame_core::time::UnixMillis;
 use sesame_core::{ChallengeId, DeviceId, TenantId};
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 mod mem;
+pub mod metrics;
+#[cfg(feature = "kafka")]
+pub use kafka::{KafkaConfig, KafkaQueue};
 pub use mem::{MemQueue, MemQueueConfig};
 
 /// One push to one device.
@@ -34,6 +39,22 @@ pub struct PushJob {
     /// so the push can be followed in the dispatcher's logs.
     #[serde(default)]
     pub trace_id: String,
+    /// A retry is not sent before this time (0: at once).
+    #[serde(default)]
+    pub not_before: UnixMillis,
+}
+
+impl PushJob {
+    /// The wire form (JSON): the same in every backend, and readable with
+    /// standard Kafka tools.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising plain strings and integers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<PushJob, String> {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
 }
 
 /// Events fanned out to every interested replica.
@@ -107,6 +128,10 @@ pub enum QueueError {
     Full(&'static str),
     #[error("queue is closed")]
     Closed,
+    /// The backend cannot take messages now (Kafka brokers down or too
+    /// slow): retry later.
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
     #[error("queue backend error: {0}")]
     Backend(String),
 }
@@ -159,16 +184,35 @@ pub enum EventError {
 pub trait Queue: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
-    /// Whether `n` more push jobs would fit now. A hint checked before a
-    /// challenge is stored, so overload is refused before anything is written.
-    fn has_room_for_pushes(&self, n: usize) -> bool;
+    /// Whether `n` more push jobs would be taken now: `Full` or
+    /// `Unavailable` (a broker known to be down) otherwise. A hint checked
+    /// before a challenge is stored, so overload is refused before anything
+    /// is written.
+    fn check_room_for_pushes(&self, n: usize) -> Result<(), QueueError>;
 
-    /// Enqueues all jobs of one challenge, or none: fails fast with `Full`
-    /// when they do not fit, never blocks.
-    fn publish_pushes(&self, jobs: Vec<PushJob>) -> Result<(), QueueError>;
+    /// Enqueues the jobs of one challenge and returns once they are durable
+    /// in the backend (Kafka: acknowledged by all in-sync replicas). Fails
+    /// fast with `Full` when the local queue has no room, and with
+    /// `Unavailable` when the backend cannot take them in time; never waits
+    /// unboundedly. On an error none, some or all jobs may still go out
+    /// later: callers cancel the challenge, so a late push is harmless.
+    async fn publish_pushes(&self, jobs: Vec<PushJob>) -> Result<(), QueueError>;
+
+    /// Hands a job back for another try no earlier than `job.not_before`
+    /// (Kafka: the retry topic, so a waiting retry blocks no fresh push).
+    async fn publish_retry(&self, job: PushJob) -> Result<(), QueueError>;
+
+    /// Parks a job that cannot be delivered (permanent failure, retries
+    /// exhausted) with the reason, for operators to inspect.
+    async fn publish_dead_letter(&self, job: &PushJob, reason: &str) -> Result<(), QueueError>;
 
     /// Publishes an event to every subscriber; never blocks.
     fn publish_event(&self, event: Event) -> Result<(), QueueError>;
+
+    /// Whether the backend answers (for `/ready`).
+    async fn health_check(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
 
     /// A consumer of push jobs; consumers share the jobs between them.
     async fn push_consumer(&self) -> Result<Box<dyn PushConsumer>, QueueError>;

@@ -3,6 +3,8 @@
 //! job lost in a crash is covered by the device's polling fallback
 //! (`ListPendingChallenges`), since the challenge itself is durable.
 
+use std::collections::VecDeque;
+
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
@@ -16,6 +18,8 @@ pub struct MemQueueConfig {
     pub push_capacity: usize,
     /// Events a slow subscriber may fall behind before it lags.
     pub event_capacity: usize,
+    /// Dead letters kept for inspection (the oldest go first).
+    pub dead_letter_capacity: usize,
 }
 
 impl Default for MemQueueConfig {
@@ -23,6 +27,7 @@ impl Default for MemQueueConfig {
         MemQueueConfig {
             push_capacity: 100_000,
             event_capacity: 16_384,
+            dead_letter_capacity: 1_000,
         }
     }
 }
@@ -34,6 +39,8 @@ pub struct MemQueue {
     push_tx: async_channel::Sender<PushJob>,
     push_rx: async_channel::Receiver<PushJob>,
     events: broadcast::Sender<Event>,
+    dead_letters: std::sync::Mutex<VecDeque<(PushJob, String)>>,
+    dead_letter_capacity: usize,
 }
 
 impl MemQueue {
@@ -45,12 +52,27 @@ impl MemQueue {
             push_tx,
             push_rx,
             events,
+            dead_letters: std::sync::Mutex::new(VecDeque::new()),
+            dead_letter_capacity: config.dead_letter_capacity.max(1),
         }
+    }
+
+    /// The latest dead letters, oldest first, with their reasons.
+    pub fn dead_letters(&self) -> Vec<(PushJob, String)> {
+        self.dead_letters
+            .lock()
+            .map(|d| d.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Jobs waiting for a dispatcher.
     pub fn push_backlog(&self) -> usize {
         self.push_tx.len()
+    }
+
+    fn has_room(&self, n: usize) -> bool {
+        let cap = self.push_tx.capacity().unwrap_or(usize::MAX);
+        self.push_tx.len().saturating_add(n) <= cap
     }
 }
 
@@ -86,12 +108,15 @@ impl Queue for MemQueue {
         "mem"
     }
 
-    fn has_room_for_pushes(&self, n: usize) -> bool {
-        let cap = self.push_tx.capacity().unwrap_or(usize::MAX);
-        self.push_tx.len().saturating_add(n) <= cap
+    fn check_room_for_pushes(&self, n: usize) -> Result<(), QueueError> {
+        if self.has_room(n) {
+            Ok(())
+        } else {
+            Err(QueueError::Full("push jobs"))
+        }
     }
 
-    fn publish_pushes(&self, jobs: Vec<PushJob>) -> Result<(), QueueError> {
+    async fn publish_pushes(&self, jobs: Vec<PushJob>) -> Result<(), QueueError> {
         if self.push_tx.is_closed() {
             return Err(QueueError::Closed);
         }
@@ -101,7 +126,7 @@ impl Queue for MemQueue {
             .map_err(|_| QueueError::Backend("publisher lock poisoned".into()))?;
         // Under the lock only consumers run concurrently, and they only make
         // room: if all jobs fit now, every `try_send` below succeeds.
-        if !self.has_room_for_pushes(jobs.len()) {
+        if !self.has_room(jobs.len()) {
             return Err(QueueError::Full("push jobs"));
         }
         for job in jobs {
@@ -110,6 +135,27 @@ impl Queue for MemQueue {
                 async_channel::TrySendError::Closed(_) => QueueError::Closed,
             })?;
         }
+        Ok(())
+    }
+
+    async fn publish_retry(&self, job: PushJob) -> Result<(), QueueError> {
+        // The job carries its `not_before`; the dispatcher that takes it
+        // waits. A closed or full queue makes the caller retry in place.
+        self.push_tx.try_send(job).map_err(|e| match e {
+            async_channel::TrySendError::Full(_) => QueueError::Full("push jobs"),
+            async_channel::TrySendError::Closed(_) => QueueError::Closed,
+        })
+    }
+
+    async fn publish_dead_letter(&self, job: &PushJob, reason: &str) -> Result<(), QueueError> {
+        let mut d = self
+            .dead_letters
+            .lock()
+            .map_err(|_| QueueError::Backend("dead-letter lock poisoned".into()))?;
+        if d.len() >= self.dead_letter_capacity {
+            d.pop_front();
+        }
+        d.push_back((job.clone(), reason.to_owned()));
         Ok(())
     }
 
@@ -149,6 +195,7 @@ mod tests {
             enqueued_at: 0,
             attempt: 0,
             trace_id: String::new(),
+            not_before: 0,
         }
     }
 
@@ -157,18 +204,50 @@ mod tests {
         let q = MemQueue::new(MemQueueConfig {
             push_capacity: 3,
             event_capacity: 4,
+            dead_letter_capacity: 2,
         });
-        q.publish_pushes(vec![job(), job()]).unwrap();
+        q.publish_pushes(vec![job(), job()]).await.unwrap();
         assert_eq!(
-            q.publish_pushes(vec![job(), job()]),
+            q.publish_pushes(vec![job(), job()]).await,
             Err(QueueError::Full("push jobs"))
         );
+        assert_eq!(
+            q.check_room_for_pushes(2),
+            Err(QueueError::Full("push jobs"))
+        );
+        assert_eq!(q.check_room_for_pushes(1), Ok(()));
         assert_eq!(q.push_backlog(), 2);
         let mut c = q.push_consumer().await.unwrap();
         assert!(c.next().await.is_some());
         q.close();
         assert!(c.next().await.is_some());
         assert!(c.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn dead_letters_are_bounded_and_keep_the_reason() {
+        let q = MemQueue::new(MemQueueConfig {
+            dead_letter_capacity: 2,
+            ..Default::default()
+        });
+        let jobs = [job(), job(), job()];
+        for (i, j) in jobs.iter().enumerate() {
+            q.publish_dead_letter(j, &format!("reason {i}"))
+                .await
+                .unwrap();
+        }
+        let d = q.dead_letters();
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0], (jobs[1].clone(), "reason 1".to_owned()));
+        assert_eq!(d[1], (jobs[2].clone(), "reason 2".to_owned()));
+    }
+
+    #[test]
+    fn jobs_round_trip_and_garbage_is_refused() {
+        let j = job();
+        assert_eq!(PushJob::decode(&j.encode()), Ok(j));
+        assert!(PushJob::decode(b"\xff not json").is_err());
+        assert!(PushJob::decode(b"{}").is_err());
     }
 
     #[tokio::test]

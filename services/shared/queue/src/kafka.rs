@@ -1,0 +1,966 @@
+//! The Kafka backend of [`Queue`], with `rdkafka` (librdkafka).
+//!
+//! Topics (names in [`KafkaConfig`], created when missing):
+//!
+//! | topic | key | consumed by |
+//! |---|---|---|
+//! | push jobs (`sesame.push`) | device id (per-device order) | the dispatchers' consumer group |
+//! | retries (`sesame.push.retry`) | device id | the same group; a job waits for its `not_before` |
+//! | dead letters (`sesame.push.dead`) | device id | operators (reason in the `sesame-dead-reason` header) |
+//! | events (`sesame.events`) | challenge id (device id for dead tokens) | every `challenge` replica, each from "now" |
+//!
+//! Delivery is at least once. Each producer has `acks=all` and idempotence;
+//! [`Queue::publish_pushes`] returns only once the broker has acknowledged
+//! every job of the challenge, so a challenge the tenant was told about has
+//! its pushes on the brokers' disks. Push jobs have a producer of their own
+//! (librdkafka queues all topics of one producer together), so a burst of
+//! events or retries cannot hold back login pushes. A dispatcher's offsets are
+//! stored only up to the oldest job still in flight in each partition, and
+//! committed from there, so a crash re-delivers what was not finished (a
+//! duplicate push carries the same collapse id and replaces the first).
+//!
+//! When every broker is down, publishing fails at once with `Unavailable`
+//! instead of waiting for `message.timeout.ms`; a background probe notices
+//! when a broker answers again (and re-creates topics a new, empty cluster
+//! lacks) and publishing resumes by itself.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify};
+
+use crate::{
+    Acker, Event, EventError, EventSubscriber, PushConsumer, PushDelivery, PushJob, Queue,
+    QueueError,
+};
+
+/// Header naming why a message is in the dead-letter topic.
+pub const DEAD_REASON_HEADER: &str = "sesame-dead-reason";
+/// Header naming where a dead letter came from (`topic/partition/offset`).
+pub const DEAD_SOURCE_HEADER: &str = "sesame-dead-source";
+/// Header carrying the login's trace id, so a push can be followed across processes.
+pub const TRACE_HEADER: &str = "sesame-trace-id";
+
+/// Kafka settings (`[kafka]` in the server configuration; the brokers come
+/// from `queue = "kafka://host:port,..."`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`: `host:port[,host:port...]` (from the queue URI).
+    #[serde(skip)]
+    pub brokers: String,
+    pub push_topic: String,
+    pub retry_topic: String,
+    pub dead_letter_topic: String,
+    pub events_topic: String,
+    /// Partitions of the push and retry topics when they are created: the
+    /// most dispatchers that can share the work.
+    pub push_partitions: i32,
+    /// Partitions of the events and dead-letter topics when created.
+    pub events_partitions: i32,
+    /// Replication factor of created topics (3 for production; 1 for a
+    /// single development broker).
+    pub replication_factor: i32,
+    /// The dispatchers' consumer group.
+    pub consumer_group: String,
+    /// librdkafka's `message.timeout.ms`, and how long `CreateChallenge`
+    /// waits for its pushes to be acknowledged. At most the shortest
+    /// challenge TTL you use (default TTL 120 s).
+    pub message_timeout_ms: u64,
+    /// Messages a producer may hold before publishing fails fast with `Full`.
+    pub max_local_messages: usize,
+    /// A dispatcher that stops heartbeating for this long loses its
+    /// partitions to the others.
+    pub session_timeout_ms: u64,
+    /// How often consumed offsets are committed.
+    pub commit_interval_ms: u64,
+    /// Extra librdkafka properties for every client, e.g.
+    /// `"security.protocol" = "SASL_SSL"`, `"sasl.mechanism" = "SCRAM-SHA-512"`.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: String::new(),
+            push_topic: "sesame.push".into(),
+            retry_topic: "sesame.push.retry".into(),
+            dead_letter_topic: "sesame.push.dead".into(),
+            events_topic: "sesame.events".into(),
+            push_partitions: 12,
+            events_partitions: 6,
+            replication_factor: 3,
+            consumer_group: "sesame-dispatchers".into(),
+            message_timeout_ms: 5_000,
+            max_local_messages: 100_000,
+            session_timeout_ms: 10_000,
+            commit_interval_ms: 1_000,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// Parses `kafka://host:port[,host:port...]` into the broker list.
+    pub fn brokers_from_uri(uri: &str) -> Option<String> {
+        let rest = uri.strip_prefix("kafka://")?.trim_end_matches('/');
+        let ok = !rest.is_empty()
+            && rest.split(',').all(|hp| {
+                hp.rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+            });
+        ok.then(|| rest.to_owned())
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let topics = [
+            ("push_topic", &self.push_topic),
+            ("retry_topic", &self.retry_topic),
+            ("dead_letter_topic", &self.dead_letter_topic),
+            ("events_topic", &self.events_topic),
+        ];
+        for (key, t) in topics {
+            let valid = !t.is_empty()
+                && t.len() <= 249
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !valid {
+                return Err(format!(
+                    "kafka.{key} = {t:?}: 1-249 characters of a-z, A-Z, 0-9, '.', '_', '-'"
+                ));
+            }
+        }
+        let mut names: Vec<&String> = topics.iter().map(|(_, t)| *t).collect();
+        names.sort();
+        names.dedup();
+        if names.len() != topics.len() {
+            return Err("kafka topics must have four different names".into());
+        }
+        if !(1..=10_000).contains(&self.push_partitions)
+            || !(1..=10_000).contains(&self.events_partitions)
+        {
+            return Err("kafka.push_partitions and kafka.events_partitions: 1-10000".into());
+        }
+        if !(1..=16).contains(&self.replication_factor) {
+            return Err("kafka.replication_factor: 1-16".into());
+        }
+        if self.consumer_group.is_empty() {
+            return Err("kafka.consumer_group must not be empty".into());
+        }
+        if !(100..=600_000).contains(&self.message_timeout_ms) {
+            return Err("kafka.message_timeout_ms: 100-600000 (at most the challenge TTL)".into());
+        }
+        if !(1..=10_000_000).contains(&self.max_local_messages) {
+            return Err("kafka.max_local_messages: 1-10000000".into());
+        }
+        if !(1_000..=300_000).contains(&self.session_timeout_ms) {
+            return Err("kafka.session_timeout_ms: 1000-300000".into());
+        }
+        if !(100..=60_000).contains(&self.commit_interval_ms) {
+            return Err("kafka.commit_interval_ms: 100-60000".into());
+        }
+        Ok(())
+    }
+
+    fn client_config(&self, client_id: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", client_id)
+            // Notice a dead broker in about a second, not minutes.
+            .set("reconnect.backoff.ms", "50")
+            .set("reconnect.backoff.max.ms", "1000")
+            .set("socket.connection.setup.timeout.ms", "5000")
+            .set_log_level(RDKafkaLogLevel::Warning);
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    fn producer_config(&self, lane: &str, linger_ms: u32) -> ClientConfig {
+        let mut c = self.client_config(&format!("sesame-{lane}"));
+        c.set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", self.message_timeout_ms.to_string())
+            .set(
+                "queue.buffering.max.messages",
+                self.max_local_messages.to_string(),
+            )
+            .set("linger.ms", linger_ms.to_string());
+        c
+    }
+}
+
+/// Whether any broker answers, shared by the clients of one queue.
+#[derive(Default)]
+struct BrokerHealth {
+    down: AtomicBool,
+    changed: Notify,
+    reported: AtomicU64,
+}
+
+impl BrokerHealth {
+    fn is_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
+    }
+
+    fn set_down(&self, down: bool) {
+        let was = self.down.swap(down, Ordering::AcqRel);
+        if was != down {
+            crate::metrics::broker_up(!down);
+            if down {
+                tracing::warn!("no Kafka broker answers: publishing fails fast until one does");
+            } else {
+                tracing::info!("a Kafka broker answers again");
+            }
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Resolves once the brokers are known to be down.
+    async fn wait_down(&self) {
+        loop {
+            let n = self.changed.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.is_down() {
+                return;
+            }
+            n.await;
+        }
+    }
+}
+
+/// Routes librdkafka's errors to the health flag and its logs to `tracing`.
+#[derive(Clone)]
+struct Context {
+    health: Arc<BrokerHealth>,
+    offsets: Option<Arc<Mutex<Offsets>>>,
+}
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, message),
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, message),
+            _ => tracing::debug!(target: "librdkafka", fac, message),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.health.set_down(true);
+        }
+        // The same broker error repeats every reconnect: log one in 100.
+        if self.health.reported.fetch_add(1, Ordering::Relaxed).is_multiple_of(100) {
+            tracing::warn!(%error, reason, "kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // Partitions that move away (or arrive) start a new generation:
+        // acknowledgements of jobs taken before no longer move offsets.
+        if let (Some(offsets), Rebalance::Revoke(tpl) | Rebalance::Assign(tpl)) =
+            (&self.offsets, rebalance)
+        {
+            if let Ok(mut o) = offsets.lock() {
+                for e in tpl.elements() {
+                    o.forget(e.topic(), e.partition());
+                }
+            }
+        }
+    }
+}
+
+/// Which offsets of each partition may be committed: everything before the
+/// oldest job still in flight. Jobs run concurrently and finish out of
+/// order, so a job's own offset is no safe commit point on its own.
+#[derive(Default)]
+pub(crate) struct Offsets {
+    parts: HashMap<(String, i32), Track>,
+    generations: u64,
+}
+
+struct Track {
+    generation: u64,
+    in_flight: BTreeSet<i64>,
+    /// One past the highest finished offset.
+    next: i64,
+}
+
+impl Offsets {
+    /// Records a job taken from the partition; returns its generation.
+    pub(crate) fn begin(&mut self, topic: &str, partition: i32, offset: i64) -> u64 {
+        let generations = &mut self.generations;
+        let t = self
+            .parts
+            .entry((topic.to_owned(), partition))
+            .or_insert_with(|| {
+                *generations += 1;
+                Track {
+                    generation: *generations,
+                    in_flight: BTreeSet::new(),
+                    next: offset,
+                }
+            });
+        t.in_flight.insert(offset);
+        t.generation
+    }
+
+    /// Records a finished job; returns the offset to commit (the next one
+    /// to consume), or `None` if the partition moved since the job began.
+    pub(crate) fn done(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        generation: u64,
+    ) -> Option<i64> {
+        let t = self.parts.get_mut(&(topic.to_owned(), partition))?;
+        if t.generation != generation {
+            return None;
+        }
+        t.in_flight.remove(&offset);
+        t.next = t.next.max(offset + 1);
+        Some(t.in_flight.first().copied().unwrap_or(t.next))
+    }
+
+    pub(crate) fn forget(&mut self, topic: &str, partition: i32) {
+        self.parts.remove(&(topic.to_owned(), partition));
+    }
+}
+
+/// The Kafka queue: two producers (push lane and everything else) and
+/// consumers made on demand.
+pub struct KafkaQueue {
+    config: KafkaConfig,
+    push_producer: FutureProducer<Context>,
+    aux_producer: FutureProducer<Context>,
+    health: Arc<BrokerHealth>,
+    closed: watch::Sender<bool>,
+    probe: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for KafkaQueue {
+    fn drop(&mut self) {
+        self.probe.abort();
+    }
+}
+
+fn backend(e: KafkaError) -> QueueError {
+    QueueError::Backend(e.to_string())
+}
+
+impl KafkaQueue {
+    /// Builds the clients and creates missing topics. Brokers that do not
+    /// answer yet are no error: the queue starts as unavailable (`/ready`
+    /// fails, publishing fails fast) and recovers when one answers.
+    pub async fn connect(config: KafkaConfig) -> Result<KafkaQueue, QueueError> {
+        config.validate().map_err(QueueError::Backend)?;
+        let health = Arc::new(BrokerHealth::default());
+        let ctx = Context {
+            health: health.clone(),
+            offsets: None,
+        };
+        let push_producer: FutureProducer<Context> = config
+            .producer_config("push", 1)
+            .create_with_context(ctx.clone())
+            .map_err(backend)?;
+        let aux_producer: FutureProducer<Context> = config
+            .producer_config("aux", 5)
+            .create_with_context(ctx.clone())
+            .map_err(backend)?;
+        crate::metrics::broker_up(true);
+        if let Err(e) = ensure_topics(&config, ctx.clone()).await {
+            tracing::warn!(error = %e, brokers = %config.brokers, "kafka topics not ready; will retry");
+            health.set_down(true);
+        }
+        let probe = tokio::spawn(probe_loop(
+            config.clone(),
+            aux_producer.clone(),
+            ctx,
+            health.clone(),
+        ));
+        let (closed, _) = watch::channel(false);
+        Ok(KafkaQueue {
+            config,
+            push_producer,
+            aux_producer,
+            health,
+            closed,
+            probe,
+        })
+    }
+
+    pub fn config(&self) -> &KafkaConfig {
+        &self.config
+    }
+
+    fn send_aux(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<rdkafka::producer::DeliveryFuture, QueueError> {
+        if self.health.is_down() {
+            return Err(QueueError::Unavailable("no Kafka broker answers".into()));
+        }
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        self.aux_producer.send_result(record).map_err(|(e, _)| {
+            crate::metrics::produce_error(topic);
+            produce_error(e)
+        })
+    }
+
+    /// Waits for the broker's acknowledgement of `futures`, at most the
+    /// message timeout, and no longer once the brokers are known to be down.
+    async fn acknowledged(
+        &self,
+        topic: &str,
+        futures: Vec<rdkafka::producer::DeliveryFuture>,
+    ) -> Result<(), QueueError> {
+        let all = async {
+            for f in futures {
+                match f.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(QueueError::Unavailable(e.to_string())),
+                    Err(_) => return Err(QueueError::Closed),
+                }
+            }
+            Ok(())
+        };
+        let limit = Duration::from_millis(self.config.message_timeout_ms + 500);
+        let r = tokio::select! {
+            r = all => r,
+            _ = self.health.wait_down() => {
+                Err(QueueError::Unavailable("no Kafka broker answers".into()))
+            }
+            _ = tokio::time::sleep(limit) => Err(QueueError::Unavailable(format!(
+                "Kafka did not acknowledge within {} ms", self.config.message_timeout_ms
+            ))),
+        };
+        if r.is_err() {
+            crate::metrics::produce_error(topic);
+        }
+        r
+    }
+}
+
+fn produce_error(e: KafkaError) -> QueueError {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::QueueFull) => QueueError::Full("kafka producer"),
+        _ => QueueError::Backend(e.to_string()),
+    }
+}
+
+fn trace_headers(trace_id: &str) -> OwnedHeaders {
+    let h = OwnedHeaders::new();
+    if trace_id.is_empty() {
+        h
+    } else {
+        h.insert(Header {
+            key: TRACE_HEADER,
+            value: Some(trace_id),
+        })
+    }
+}
+
+/// Creates the four topics when missing (an existing topic is left as it is).
+async fn ensure_topics(config: &KafkaConfig, ctx: Context) -> Result<(), QueueError> {
+    let admin: AdminClient<Context> = config
+        .client_config("sesame-admin")
+        .create_with_context(ctx)
+        .map_err(backend)?;
+    let min_isr = (config.replication_factor >= 3).then(|| "2".to_owned());
+    let topics: Vec<NewTopic<'_>> = [
+        (&config.push_topic, config.push_partitions),
+        (&config.retry_topic, config.push_partitions),
+        (&config.dead_letter_topic, config.events_partitions),
+        (&config.events_topic, config.events_partitions),
+    ]
+    .into_iter()
+    .map(|(name, partitions)| {
+        let t = NewTopic::new(
+            name,
+            partitions,
+            TopicReplication::Fixed(config.replication_factor),
+        );
+        match &min_isr {
+            Some(v) => t.set("min.insync.replicas", v),
+            None => t,
+        }
+    })
+    .collect();
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+    let results = admin
+        .create_topics(topics.iter(), &opts)
+        .await
+        .map_err(backend)?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(QueueError::Backend(format!(
+                    "cannot create topic {topic}: {code}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// While the brokers are down, asks for metadata every half second; when
+/// one answers, (re-)creates missing topics and clears the flag.
+async fn probe_loop(
+    config: KafkaConfig,
+    producer: FutureProducer<Context>,
+    ctx: Context,
+    health: Arc<BrokerHealth>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !health.is_down() {
+            continue;
+        }
+        let p = producer.clone();
+        let topic = config.push_topic.clone();
+        let meta = tokio::task::spawn_blocking(move || {
+            p.client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                .map(|m| m.topics().iter().any(|t| !t.partitions().is_empty()))
+        })
+        .await;
+        match meta {
+            Ok(Ok(true)) => health.set_down(false),
+            Ok(Ok(false)) => match ensure_topics(&config, ctx.clone()).await {
+                Ok(()) => health.set_down(false),
+                Err(e) => tracing::debug!(error = %e, "kafka topics still missing"),
+            },
+            _ => {}
+        }
+    }
+}
+
+#[async_trait]
+impl Queue for KafkaQueue {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn check_room_for_pushes(&self, n: usize) -> Result<(), QueueError> {
+        if self.health.is_down() {
+            return Err(QueueError::Unavailable("no Kafka broker answers".into()));
+        }
+        let held = self.push_producer.in_flight_count().max(0) as usize;
+        if held.saturating_add(n) > self.config.max_local_messages {
+            return Err(QueueError::Full("kafka producer"));
+        }
+        Ok(())
+    }
+
+    async fn publish_pushes(&self, jobs: Vec<PushJob>) -> Result<(), QueueError> {
+        if *self.closed.borrow() {
+            return Err(QueueError::Closed);
+        }
+        self.check_room_for_pushes(jobs.len())?;
+        let topic = &self.config.push_topic;
+        let mut futures = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            let payload = job.encode();
+            let record = FutureRecord::to(topic)
+                .key(job.device_id.as_str())
+                .payload(&payload)
+                .headers(trace_headers(&job.trace_id));
+            match self.push_producer.send_result(record) {
+                Ok(f) => futures.push(f),
+                Err((e, _)) => {
+                    crate::metrics::produce_error(topic);
+                    return Err(produce_error(e));
+                }
+            }
+        }
+        self.acknowledged(topic, futures).await?;
+        self.health.set_down(false);
+        Ok(())
+    }
+
+    async fn publish_retry(&self, job: PushJob) -> Result<(), QueueError> {
+        let topic = &self.config.retry_topic;
+        let f = self.send_aux(
+            topic,
+            job.device_id.as_str(),
+            &job.encode(),
+            trace_headers(&job.trace_id),
+        )?;
+        self.acknowledged(topic, vec![f]).await
+    }
+
+    async fn publish_dead_letter(&self, job: &PushJob, reason: &str) -> Result<(), QueueError> {
+        let topic = &self.config.dead_letter_topic;
+        let headers = trace_headers(&job.trace_id).insert(Header {
+            key: DEAD_REASON_HEADER,
+            value: Some(reason),
+        });
+        let f = self.send_aux(topic, job.device_id.as_str(), &job.encode(), headers)?;
+        self.acknowledged(topic, vec![f]).await
+    }
+
+    fn publish_event(&self, event: Event) -> Result<(), QueueError> {
+        let key = match &event {
+            Event::Verdict { challenge_id, .. } => challenge_id.to_string(),
+            Event::PushTokenDead { device_id, .. } => device_id.to_string(),
+            Event::Audit(a) => a
+                .challenge_id
+                .as_ref()
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| a.tenant_id.to_string()),
+        };
+        let payload = serde_json::to_vec(&event).map_err(|e| QueueError::Backend(e.to_string()))?;
+        // Fire and forget: an event only says "look again"; watchers also
+        // re-read on their own, so a lost one costs seconds, not a verdict.
+        let topic = &self.config.events_topic;
+        let _delivery = self.send_aux(topic, &key, &payload, OwnedHeaders::new())?;
+        Ok(())
+    }
+
+    async fn health_check(&self) -> Result<(), QueueError> {
+        if self.health.is_down() {
+            Err(QueueError::Unavailable("no Kafka broker answers".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn push_consumer(&self) -> Result<Box<dyn PushConsumer>, QueueError> {
+        let offsets = Arc::new(Mutex::new(Offsets::default()));
+        let ctx = Context {
+            health: self.health.clone(),
+            offsets: Some(offsets.clone()),
+        };
+        let mut c = self.config.client_config("sesame-dispatcher");
+        c.set("group.id", &self.config.consumer_group)
+            .set("enable.auto.commit", "true")
+            .set(
+                "auto.commit.interval.ms",
+                self.config.commit_interval_ms.to_string(),
+            )
+            // Offsets are stored by us, only up to what is finished.
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "session.timeout.ms",
+                self.config.session_timeout_ms.to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (self.config.session_timeout_ms / 4).max(250).to_string(),
+            );
+        let consumer: StreamConsumer<Context> = c.create_with_context(ctx).map_err(backend)?;
+        consumer
+            .subscribe(&[&self.config.push_topic, &self.config.retry_topic])
+            .map_err(backend)?;
+        Ok(Box::new(KafkaConsumer {
+            consumer: Arc::new(consumer),
+            offsets,
+            closed: self.closed.subscribe(),
+            dead_letters: self.aux_producer.clone(),
+            dead_letter_topic: self.config.dead_letter_topic.clone(),
+        }))
+    }
+
+    async fn subscribe_events(&self) -> Result<Box<dyn EventSubscriber>, QueueError> {
+        let ctx = Context {
+            health: self.health.clone(),
+            offsets: None,
+        };
+        let mut c = self.config.client_config("sesame-events");
+        // Every subscriber reads every partition itself (no group
+        // membership, nothing committed); the id only names the client.
+        c.set(
+            "group.id",
+            format!("sesame-events-{}", rand::random::<u64>()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest");
+        let consumer: StreamConsumer<Context> = c.create_with_context(ctx).map_err(backend)?;
+        let consumer = Arc::new(consumer);
+        let topic = self.config.events_topic.clone();
+        let partitions = self.config.events_partitions;
+        // "From now on": start at each partition's current end, read now,
+        // so an event published after this call returns cannot be missed.
+        let c2 = consumer.clone();
+        let tpl = tokio::task::spawn_blocking(move || {
+            let timeout = Duration::from_secs(2);
+            let meta = c2.fetch_metadata(Some(&topic), timeout).ok();
+            let ids: Vec<i32> = meta
+                .as_ref()
+                .and_then(|m| m.topics().first())
+                .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+                .filter(|v: &Vec<i32>| !v.is_empty())
+                .unwrap_or_else(|| (0..partitions).collect());
+            let mut tpl = TopicPartitionList::new();
+            let mut exact = true;
+            for p in ids {
+                let offset = match c2.fetch_watermarks(&topic, p, timeout) {
+                    Ok((_, high)) if exact => Offset::Offset(high),
+                    _ => {
+                        exact = false;
+                        Offset::End
+                    }
+                };
+                // Only fails for a partition listed twice.
+                let _ = tpl.add_partition_offset(&topic, p, offset);
+            }
+            if !exact {
+                tracing::warn!("kafka unreachable: events subscriber starts at the end");
+            }
+            tpl
+        })
+        .await
+        .map_err(|e| QueueError::Backend(e.to_string()))?;
+        consumer.assign(&tpl).map_err(backend)?;
+        Ok(Box::new(KafkaSubscriber {
+            consumer,
+            closed: self.closed.subscribe(),
+        }))
+    }
+
+    fn close(&self) {
+        let _ = self.closed.send(true);
+    }
+}
+
+struct KafkaConsumer {
+    consumer: Arc<StreamConsumer<Context>>,
+    offsets: Arc<Mutex<Offsets>>,
+    closed: watch::Receiver<bool>,
+    dead_letters: FutureProducer<Context>,
+    dead_letter_topic: String,
+}
+
+struct KafkaAcker {
+    consumer: Arc<StreamConsumer<Context>>,
+    offsets: Arc<Mutex<Offsets>>,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    generation: u64,
+}
+
+impl Acker for KafkaAcker {
+    fn ack(self: Box<Self>) {
+        let next =
+            self.offsets.lock().ok().and_then(|mut o| {
+                o.done(&self.topic, self.partition, self.offset, self.generation)
+            });
+        if let Some(next) = next {
+            let mut tpl = TopicPartitionList::new();
+            if tpl
+                .add_partition_offset(&self.topic, self.partition, Offset::Offset(next))
+                .is_ok()
+            {
+                // Fails only if the partition was just revoked: the next
+                // owner re-delivers from the last commit.
+                if let Err(e) = self.consumer.store_offsets(&tpl) {
+                    tracing::debug!(error = %e, "offset not stored");
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl PushConsumer for KafkaConsumer {
+    async fn next(&mut self) -> Option<PushDelivery> {
+        loop {
+            if *self.closed.borrow() {
+                return None;
+            }
+            let taken = tokio::select! {
+                _ = self.closed.changed() => continue,
+                m = self.consumer.recv() => match m {
+                    Err(e) => Err(e),
+                    Ok(m) => Ok((
+                        m.topic().to_owned(),
+                        m.partition(),
+                        m.offset(),
+                        m.payload().map(<[u8]>::to_vec),
+                    )),
+                },
+            };
+            let (topic, partition, offset, payload) = match taken {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(error = %e, "kafka consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let generation = self
+                .offsets
+                .lock()
+                .map(|mut o| o.begin(&topic, partition, offset))
+                .unwrap_or(0);
+            let acker = KafkaAcker {
+                consumer: self.consumer.clone(),
+                offsets: self.offsets.clone(),
+                topic,
+                partition,
+                offset,
+                generation,
+            };
+            let bytes = payload.unwrap_or_default();
+            match PushJob::decode(&bytes) {
+                Ok(job) => return Some(PushDelivery::new(job, Some(Box::new(acker)))),
+                Err(reason) => {
+                    self.poison(&acker, &bytes, &reason).await;
+                    Box::new(acker).ack();
+                }
+            }
+        }
+    }
+}
+
+impl KafkaConsumer {
+    /// An undecodable message goes to dead letters as it is, and the
+    /// consumer moves on: one bad message must not stop delivery.
+    async fn poison(&self, at: &KafkaAcker, bytes: &[u8], reason: &str) {
+        crate::metrics::poison_message();
+        let source = format!("{}/{}/{}", at.topic, at.partition, at.offset);
+        tracing::warn!(%source, %reason, "undecodable push job moved to dead letters");
+        let reason = format!("undecodable push job: {reason}");
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: DEAD_REASON_HEADER,
+                value: Some(&reason),
+            })
+            .insert(Header {
+                key: DEAD_SOURCE_HEADER,
+                value: Some(&source),
+            });
+        let record = FutureRecord::<(), [u8]>::to(&self.dead_letter_topic)
+            .payload(bytes)
+            .headers(headers);
+        match self.dead_letters.send_result(record) {
+            Ok(f) => {
+                if !matches!(
+                    tokio::time::timeout(Duration::from_secs(10), f).await,
+                    Ok(Ok(Ok(_)))
+                ) {
+                    crate::metrics::produce_error(&self.dead_letter_topic);
+                    tracing::warn!(%source, "dead letter not acknowledged; message dropped");
+                }
+            }
+            Err(_) => crate::metrics::produce_error(&self.dead_letter_topic),
+        }
+    }
+}
+
+struct KafkaSubscriber {
+    consumer: Arc<StreamConsumer<Context>>,
+    closed: watch::Receiver<bool>,
+}
+
+#[async_trait]
+impl EventSubscriber for KafkaSubscriber {
+    async fn next(&mut self) -> Result<Event, EventError> {
+        loop {
+            if *self.closed.borrow() {
+                return Err(EventError::Closed);
+            }
+            let r = tokio::select! {
+                _ = self.closed.changed() => continue,
+                m = self.consumer.recv() => m.map(|m| m.payload().map(serde_json::from_slice::<Event>)),
+            };
+            match r {
+                Ok(Some(Ok(event))) => return Ok(event),
+                // Not ours to read: skip it.
+                Ok(_) => crate::metrics::poison_message(),
+                Err(e) => {
+                    // Something may have been missed (a broker restart can
+                    // reset offsets): have watchers re-read.
+                    tracing::debug!(error = %e, "kafka events consumer error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    return Err(EventError::Lagged(0));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_point_waits_for_the_oldest_job_in_flight() {
+        let mut o = Offsets::default();
+        let g = o.begin("t", 0, 10);
+        assert_eq!(o.begin("t", 0, 11), g);
+        o.begin("t", 0, 12);
+        // 11 and 12 finish first: 10 is still in flight, so commit 10.
+        assert_eq!(o.done("t", 0, 12, g), Some(10));
+        assert_eq!(o.done("t", 0, 11, g), Some(10));
+        assert_eq!(o.done("t", 0, 10, g), Some(13));
+        // Other partitions are independent.
+        let g1 = o.begin("t", 1, 0);
+        assert_eq!(o.done("t", 1, 0, g1), Some(1));
+    }
+
+    #[test]
+    fn acks_from_before_a_rebalance_are_ignored() {
+        let mut o = Offsets::default();
+        let old = o.begin("t", 0, 5);
+        o.forget("t", 0);
+        assert_eq!(o.done("t", 0, 5, old), None, "partition gone");
+        let new = o.begin("t", 0, 5);
+        assert_ne!(old, new);
+        assert_eq!(o.done("t", 0, 5, old), None, "stale generation");
+        assert_eq!(o.done("t", 0, 5, new), Some(6));
+    }
+
+    #[test]
+    fn broker_uris_and_settings_are_checked() {
+        assert_eq!(
+            KafkaConfig::brokers_from_uri("kafka://a:9092,b:9093"),
+            Some("a:9092,b:9093".into())
+        );
+        assert_eq!(KafkaConfig::brokers_from_uri("kafka://"), None);
+        assert_eq!(KafkaConfig::brokers_from_uri("kafka://host"), None);
+        assert_eq!(KafkaConfig::brokers_from_uri("http://a:1"), None);
+        assert!(KafkaConfig::default().validate().is_ok());
+        let same = KafkaConfig {
+            retry_topic: "sesame.push".into(),
+            ..Default::default()
+        };
+        assert!(same.validate().is_err());
+        let bad = KafkaConfig {
+            events_topic: "no spaces".into(),
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("events_topic"));
+    }
+}

@@ -1,0 +1,36 @@
+//! The queue's metric names, all here.
+
+/// `sesame_queue_produce_errors_total{topic}`: messages the backend refused
+/// or did not acknowledge in time.
+pub const PRODUCE_ERRORS: &str = "sesame_queue_produce_errors_total";
+/// `sesame_queue_poison_messages_total`: undecodable messages moved to dead letters.
+pub const POISON_MESSAGES: &str = "sesame_queue_poison_messages_total";
+/// `sesame_queue_broker_up`: 1 while a Kafka broker answers, 0 while none does.
+pub const BROKER_UP: &str = "sesame_queue_broker_up";
+
+pub fn describe() {
+    metrics::describe_counter!(
+        PRODUCE_ERRORS,
+        "messages the queue backend refused or did not acknowledge in time, by topic"
+    );
+    metrics::describe_counter!(
+        POISON_MESSAGES,
+        "undecodable queue messages moved to dead letters"
+    );
+    metrics::describe_gauge!(
+        BROKER_UP,
+        "1 while a Kafka broker answers, 0 while none does"
+    );
+}
+
+pub fn produce_error(topic: &str) {
+    metrics::counter!(PRODUCE_ERRORS, "topic" => topic.to_owned()).increment(1);
+}
+
+pub fn poison_message() {
+    metrics::counter!(POISON_MESSAGES).increment(1);
+}
+
+pub fn broker_up(up: bool) {
+    metrics::gauge!(BROKER_UP).set(if up { 1.0 } else { 0.0 });
+}
