@@ -28,6 +28,7 @@ pub struct ChallengeApi {
     guard: Arc<UserGuard>,
     quotas: Option<Arc<TenantLimiter>>,
     shutdown: Shutdown,
+    watch_resync: Duration,
 }
 
 pub fn challenge_out(c: &Challenge, now: i64) -> pb::Challenge {
@@ -67,7 +68,15 @@ impl ChallengeApi {
             guard,
             quotas: None,
             shutdown: Shutdown::never(),
+            watch_resync: WATCH_RESYNC,
         }
+    }
+
+    /// How often a watch stream re-reads its challenge without an event
+    /// (default [`WATCH_RESYNC`]).
+    pub fn with_watch_resync(mut self, every: Duration) -> Self {
+        self.watch_resync = every.max(Duration::from_millis(100));
+        self
     }
 
     /// Enforces per-tenant quotas (checked before anything else, no I/O).
@@ -384,7 +393,7 @@ impl Creator {
     }
 }
 
-/// How often a watch stream re-reads its challenge without being woken.
+/// How often a watch stream re-reads its challenge without being woken, by default.
 pub const WATCH_RESYNC: Duration = Duration::from_secs(5);
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Challenge, Status>> + Send>>;
@@ -434,6 +443,7 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
         let watch = self.hub.watch(&first.id);
         let mut shutdown = self.shutdown.clone();
         let id = first.id.clone();
+        let resync = self.watch_resync;
         tokio::spawn(async move {
             let mut last: Option<ChallengeStatus> = None;
             loop {
@@ -467,7 +477,7 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
                     _ = tokio::time::sleep(until_expiry) => {}
                     // Storage is the truth: re-read now and then even without
                     // an event, so a lost event costs seconds, not the whole TTL.
-                    _ = tokio::time::sleep(WATCH_RESYNC) => {}
+                    _ = tokio::time::sleep(resync) => {}
                     _ = tx.closed() => return,
                     _ = shutdown.wait() => {
                         let _ = tx.send(Err(Status::unavailable("server shutting down; watch again"))).await;

@@ -49,11 +49,14 @@ impl Default for ChallengeConfig {
 /// disables push for dead tokens (this role owns storage). Runs until the
 /// event stream closes.
 pub async fn run_event_loop(queue: Arc<dyn Queue>, storage: Arc<dyn Storage>, hub: WatchHub) {
-    let mut events = match queue.subscribe_events().await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot subscribe to events");
-            return;
+    let mut events = loop {
+        match queue.subscribe_events().await {
+            Ok(s) => break s,
+            Err(e) => {
+                // Watchers still re-read on their own meanwhile.
+                tracing::warn!(error = %e, "cannot subscribe to events; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
         }
     };
     loop {
@@ -77,10 +80,16 @@ pub async fn run_event_loop(queue: Arc<dyn Queue>, storage: Arc<dyn Storage>, hu
             ),
             // Missed events: every watcher re-reads its challenge.
             Err(EventError::Lagged(n)) => {
-                tracing::warn!(
-                    missed = n,
-                    "event subscriber lagged; refreshing all watchers"
-                );
+                if n > 0 {
+                    tracing::warn!(
+                        missed = n,
+                        "event subscriber lagged; refreshing all watchers"
+                    );
+                } else {
+                    // A queue backend hiccup (broker away): maybe nothing
+                    // was missed, but look again to be sure.
+                    tracing::debug!("event stream interrupted; refreshing all watchers");
+                }
                 hub.notify_all();
             }
             Err(EventError::Closed) => return,

@@ -49,6 +49,9 @@ pub struct Config {
     /// (`sesame.simulator.v1.PushGateway`), so that dispatchers in other
     /// processes deliver into one set of phone inboxes.
     pub simulator_url: String,
+    /// How often a `WatchChallenge` stream re-reads its challenge when no
+    /// event woke it (a lost event then costs this long at most).
+    pub watch_resync_ms: u64,
     /// Seconds to drain in-flight work on SIGTERM.
     pub shutdown_grace_seconds: u64,
     /// Seconds between announcing shutdown (health NOT_SERVING, `/ready` 503)
@@ -127,6 +130,7 @@ impl Default for Config {
             challenge_retention_hours: 24,
             push_provider: "simulator".into(),
             simulator_url: String::new(),
+            watch_resync_ms: 5_000,
             shutdown_grace_seconds: 10,
             shutdown_announce_seconds: 0,
             dispatcher: DispatcherSection::default(),
@@ -219,6 +223,11 @@ impl Config {
         anyhow::ensure!(
             self.max_devices_per_user >= 1,
             "max_devices_per_user must be at least 1"
+        );
+        anyhow::ensure!(
+            (100..=3_600_000).contains(&self.watch_resync_ms),
+            "watch_resync_ms = {}: 100-3600000",
+            self.watch_resync_ms
         );
         anyhow::ensure!(
             self.dispatcher.concurrency >= 1,

@@ -272,7 +272,8 @@ impl Sesame {
                     ChallengeServiceServer::new(
                         ChallengeApi::new(storage.clone(), queue.clone(), auth, hub, guard.clone())
                             .with_quotas(quotas.clone())
-                            .with_shutdown(streams_shutdown.clone()),
+                            .with_shutdown(streams_shutdown.clone())
+                            .with_watch_resync(Duration::from_millis(config.watch_resync_ms)),
                     )
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
                 ),

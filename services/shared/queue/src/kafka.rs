@@ -182,9 +182,14 @@ impl KafkaConfig {
             .set("reconnect.backoff.ms", "50")
             .set("reconnect.backoff.max.ms", "1000")
             .set("socket.connection.setup.timeout.ms", "5000")
+            .set("log.connection.close", "false")
             .set_log_level(RDKafkaLogLevel::Warning);
         for (k, v) in &self.properties {
             c.set(k, v);
+        }
+        if self.properties.contains_key("debug") {
+            // librdkafka's own debug contexts asked for: let them through.
+            c.set_log_level(RDKafkaLogLevel::Debug);
         }
         c
     }
@@ -208,6 +213,8 @@ impl KafkaConfig {
 struct BrokerHealth {
     down: AtomicBool,
     changed: Notify,
+    /// A client saw a broker connection fail: probe now, not at the next tick.
+    suspect: Notify,
     reported: AtomicU64,
 }
 
@@ -256,18 +263,29 @@ impl ClientContext for Context {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
             | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, message),
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, message),
+            // Mostly "connection refused" while a broker is away, which the
+            // health flag and the metrics already tell: a warning, not an error.
+            | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, message),
             _ => tracing::debug!(target: "librdkafka", fac, message),
         }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.health.set_down(true);
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::AllBrokersDown) => self.health.set_down(true),
+            // librdkafka reports a lost connection, not always "all down"
+            // (idle clients have no connection to lose): let the probe decide.
+            Some(RDKafkaErrorCode::BrokerTransportFailure) => self.health.suspect.notify_one(),
+            _ => {}
         }
         // The same broker error repeats every reconnect: log one in 100.
-        if self.health.reported.fetch_add(1, Ordering::Relaxed).is_multiple_of(100) {
+        if self
+            .health
+            .reported
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(100)
+        {
             tracing::warn!(%error, reason, "kafka client error");
         }
     }
@@ -460,8 +478,11 @@ impl KafkaQueue {
                 "Kafka did not acknowledge within {} ms", self.config.message_timeout_ms
             ))),
         };
-        if r.is_err() {
+        if let Err(e) = &r {
             crate::metrics::produce_error(topic);
+            if matches!(e, QueueError::Unavailable(_)) {
+                self.health.suspect.notify_one();
+            }
         }
         r
     }
@@ -530,26 +551,30 @@ async fn ensure_topics(config: &KafkaConfig, ctx: Context) -> Result<(), QueueEr
     Ok(())
 }
 
-/// While the brokers are down, asks for metadata every half second; when
-/// one answers, (re-)creates missing topics and clears the flag.
+/// Asks a broker for metadata every second, and at once when a client saw
+/// a connection fail: no answer marks the brokers down (publishing then
+/// fails fast, and callers waiting for acknowledgements give up), an answer
+/// marks them up again after (re-)creating topics a new cluster lacks.
+/// librdkafka alone does not say reliably that every broker is gone: an idle
+/// client has no connection to lose.
 async fn probe_loop(
     config: KafkaConfig,
     producer: FutureProducer<Context>,
     ctx: Context,
     health: Arc<BrokerHealth>,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        if !health.is_down() {
-            continue;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = health.suspect.notified() => {}
         }
         let p = producer.clone();
         let topic = config.push_topic.clone();
         let meta = tokio::task::spawn_blocking(move || {
             p.client()
-                .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                .fetch_metadata(Some(&topic), Duration::from_secs(1))
                 .map(|m| m.topics().iter().any(|t| !t.partitions().is_empty()))
         })
         .await;
@@ -557,9 +582,12 @@ async fn probe_loop(
             Ok(Ok(true)) => health.set_down(false),
             Ok(Ok(false)) => match ensure_topics(&config, ctx.clone()).await {
                 Ok(()) => health.set_down(false),
-                Err(e) => tracing::debug!(error = %e, "kafka topics still missing"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "kafka topics still missing");
+                    health.set_down(true);
+                }
             },
-            _ => {}
+            _ => health.set_down(true),
         }
     }
 }
