@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Installs what building and testing Sesame needs on a fresh Debian machine:
-# the Rust toolchain pinned in rust-toolchain.toml (protoc is vendored, the
-# embedded store is pure Rust) and Prometheus's promtool (Debian package
-# `prometheus`) for the alert-rule tests. Safe to run repeatedly.
+# Installs what building and testing Sesame needs on a fresh Debian machine,
+# skipping whatever is already there (safe to run repeatedly):
+# - the Rust toolchain pinned in rust-toolchain.toml (protoc is vendored);
+# - Debian packages: a C compiler, make, pkgconf and the OpenSSL and zlib
+#   headers that librdkafka (the Kafka client, built from source by the
+#   rdkafka crate) needs (Debian's Rust images have them already), and
+#   `prometheus` for promtool and the live Prometheus test;
+# - tansu, the Apache-Kafka-compatible broker the Kafka tests start
+#   (`cargo install tansu --locked --features dynostore`, ~15 min the first
+#   time; the binary stays in ~/.cargo/bin afterwards).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,12 +19,30 @@ fi
 # rust-toolchain.toml pins the version and asks for rustfmt and clippy.
 rustup show active-toolchain >/dev/null
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
-if ! command -v promtool >/dev/null 2>&1; then
-    echo "setup: installing Debian's prometheus package (for promtool)"
+
+DEBIAN_PACKAGES=(make gcc g++ pkgconf libssl-dev zlib1g-dev prometheus)
+missing=()
+for p in "${DEBIAN_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing Debian packages: ${missing[*]}"
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
 fi
+
+TANSU_VERSION=0.6.0
+if ! command -v tansu >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]; then
+    echo "setup: installing tansu $TANSU_VERSION (Kafka-compatible broker for the tests; ~15 min once)"
+    # Its own temporary target directory: not the workspace's cache.
+    env -u CARGO_TARGET_DIR cargo install tansu --version "$TANSU_VERSION" --locked \
+        --features dynostore --quiet
+fi
+
 cargo --version
 promtool --version 2>&1 | head -n 1 || true
+"$(command -v tansu || echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu")" --version 2>/dev/null \
+    || echo "tansu installed"

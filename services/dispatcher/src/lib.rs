@@ -31,7 +31,13 @@ pub struct DispatcherConfig {
     /// First retry delay; doubles each attempt (with full jitter).
     pub base_backoff: Duration,
     pub max_backoff: Duration,
+    /// Retries taken from the queue that may wait for their time at once.
+    pub max_waiting_retries: usize,
 }
+
+/// No challenge lives longer than the longest TTL (600 s); a job claiming
+/// an expiry or retry time further ahead than this is garbage.
+pub const MAX_JOB_HORIZON_MS: i64 = 3_600_000;
 
 impl Default for DispatcherConfig {
     fn default() -> Self {
@@ -40,6 +46,7 @@ impl Default for DispatcherConfig {
             max_attempts: 5,
             base_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
+            max_waiting_retries: 10_000,
         }
     }
 }
@@ -124,19 +131,33 @@ impl Dispatcher {
                 return;
             }
         };
-        // Jobs taken from the queue, some of them waiting for their retry
-        // time; and, among them, sends in flight. A waiting retry holds no
-        // send slot, so retries cannot starve fresh pushes.
-        let held_limit = self.config.concurrency.max(1).saturating_mul(4);
-        let held = Arc::new(Semaphore::new(held_limit));
-        let sending = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        // Two budgets of jobs taken from the queue: fresh ones (up to
+        // 4 x concurrency, sends bounded by `sending`), and retries still
+        // waiting for their time, which have a budget of their own so that
+        // a provider asking everyone to come back later cannot fill the
+        // dispatcher with sleepers and stop fresh pushes.
+        let concurrency = self.config.concurrency.max(1);
+        let fresh_limit = concurrency.saturating_mul(4);
+        let waiting_limit = self.config.max_waiting_retries.max(1);
+        let fresh = Arc::new(Semaphore::new(fresh_limit));
+        let waiting = Arc::new(Semaphore::new(waiting_limit));
+        let sending = Arc::new(Semaphore::new(concurrency));
+        // Set when the queue closes: retries still waiting give up without
+        // an acknowledgement (the queue delivers them again later).
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let shared = Arc::new(self);
         while let Some(delivery) = consumer.next().await {
-            let Ok(permit) = held.clone().acquire_owned().await else {
+            let budget = if delivery.job.not_before > now_ms() {
+                &waiting
+            } else {
+                &fresh
+            };
+            let Ok(permit) = budget.clone().acquire_owned().await else {
                 break;
             };
             let me = shared.clone();
             let sending = sending.clone();
+            let stop = stop_rx.clone();
             // Every log line about this push carries the login's trace id.
             let span = tracing::info_span!(
                 "push",
@@ -146,22 +167,41 @@ impl Dispatcher {
             );
             tokio::spawn(tracing::Instrument::instrument(
                 async move {
-                    me.handle(delivery, &sending).await;
+                    me.handle(delivery, &sending, stop).await;
                     drop(permit);
                 },
                 span,
             ));
         }
+        let _ = stop_tx.send(true);
         // Drain: wait until every job taken has finished.
-        let _ = held.acquire_many(held_limit as u32).await;
+        let _ = fresh.acquire_many(fresh_limit as u32).await;
+        let _ = waiting.acquire_many(waiting_limit as u32).await;
     }
 
-    async fn handle(&self, delivery: PushDelivery, sending: &Semaphore) {
+    async fn handle(
+        &self,
+        delivery: PushDelivery,
+        sending: &Semaphore,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut job = delivery.job.clone();
+        // A job from the queue is input like any other: a challenge cannot
+        // live longer than the longest TTL, so a later expiry is garbage.
+        let horizon = now_ms().saturating_add(MAX_JOB_HORIZON_MS);
+        if job.expires_at > horizon || job.not_before > horizon {
+            self.fail(&job, "implausible expiry or retry time").await;
+            delivery.ack();
+            return;
+        }
         // A retry waits for its time (never past the challenge's expiry).
-        let wait = job.not_before.min(job.expires_at) - now_ms();
+        let wait = job.not_before.min(job.expires_at).saturating_sub(now_ms());
         if wait > 0 {
-            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+                // Shutting down: not acknowledged, so delivered again later.
+                _ = stop.wait_for(|s| *s) => return,
+            }
         }
         let Ok(_slot) = sending.acquire().await else {
             return;
@@ -193,20 +233,25 @@ impl Dispatcher {
                     break;
                 }
                 PushOutcome::Failed { reason } => {
-                    self.fail(&job, &format!("permanent: {reason}")).await;
+                    if !self.fail(&job, &format!("permanent: {reason}")).await {
+                        // Not parked: leave it to be delivered again.
+                        return;
+                    }
                     break;
                 }
                 PushOutcome::Retry { after, reason } => {
-                    job.attempt += 1;
+                    job.attempt = job.attempt.saturating_add(1);
                     if job.attempt >= self.config.max_attempts {
                         let why = format!("gave up after {} attempts: {reason}", job.attempt);
-                        self.fail(&job, &why).await;
+                        if !self.fail(&job, &why).await {
+                            return;
+                        }
                         break;
                     }
                     self.stats.retried.fetch_add(1, Ordering::Relaxed);
                     metrics::push(provider, "retry");
                     let delay = retry_delay(&self.config, job.attempt, after);
-                    job.not_before = now_ms() + delay.as_millis() as i64;
+                    job.not_before = now_ms().saturating_add(delay.as_millis() as i64);
                     // Handed back to the queue (Kafka: the retry topic), this
                     // job's offset can be committed and the slot freed. If
                     // the queue cannot take it, wait here instead.
@@ -214,7 +259,7 @@ impl Dispatcher {
                         Ok(()) => break,
                         Err(e) => {
                             tracing::debug!(error = %e, "retry kept in process");
-                            let left = (job.expires_at - now_ms()).max(0) as u64;
+                            let left = job.expires_at.saturating_sub(now_ms()).max(0) as u64;
                             tokio::time::sleep(delay.min(Duration::from_millis(left))).await;
                         }
                     }
@@ -225,13 +270,18 @@ impl Dispatcher {
     }
 
     /// A push that will never be delivered: counted, logged and parked in
-    /// the dead letters with the reason.
-    async fn fail(&self, job: &PushJob, reason: &str) {
+    /// the dead letters with the reason. `false` if the dead letter could
+    /// not be stored: the caller then leaves the job unacknowledged.
+    async fn fail(&self, job: &PushJob, reason: &str) -> bool {
         self.stats.failed.fetch_add(1, Ordering::Relaxed);
         metrics::push(self.provider.name(), "failed");
         tracing::warn!(%reason, provider = self.provider.name(), device_id = %job.device_id, "push failed");
-        if let Err(e) = self.queue.publish_dead_letter(job, reason).await {
-            tracing::warn!(error = %e, device_id = %job.device_id, "dead letter not stored");
+        match self.queue.publish_dead_letter(job, reason).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, device_id = %job.device_id, "dead letter not stored");
+                false
+            }
         }
     }
 }
@@ -368,6 +418,18 @@ mod tests {
         assert_eq!(sends, 1);
         assert_eq!(stats.failed.load(Ordering::Relaxed), 1);
         assert_eq!(queue.dead_letters()[0].1, "permanent: BadDeviceToken");
+    }
+
+    #[tokio::test]
+    async fn implausible_jobs_go_to_dead_letters_unsent() {
+        let mut j = job(60_000);
+        j.expires_at = i64::MAX;
+        let mut k = job(60_000);
+        k.not_before = now_ms() + 10 * MAX_JOB_HORIZON_MS;
+        let (stats, sends, _, queue) = run_with(vec![], vec![j, k]).await;
+        assert_eq!(sends, 0);
+        assert_eq!(stats.failed.load(Ordering::Relaxed), 2);
+        assert_eq!(queue.dead_letters().len(), 2);
     }
 
     #[tokio::test]

@@ -435,6 +435,48 @@ unit = "minute"
     }
 
     #[test]
+    fn kafka_from_the_uri_the_file_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            r#"
+queue = "kafka://k1:9092,k2:9092"
+simulator_url = "http://sim:50051"
+[kafka]
+push_partitions = 24
+[kafka.properties]
+"security.protocol" = "SASL_SSL"
+"#,
+        )
+        .unwrap();
+        let c = Config::load(Some(&f), &env(&[("SESAME_KAFKA__REPLICATION_FACTOR", "1")])).unwrap();
+        assert_eq!(
+            KafkaConfig::brokers_from_uri(&c.queue).as_deref(),
+            Some("k1:9092,k2:9092")
+        );
+        assert_eq!(c.kafka.push_partitions, 24);
+        assert_eq!(c.kafka.replication_factor, 1);
+        assert_eq!(c.kafka.properties["security.protocol"], "SASL_SSL");
+        for (key, value) in [
+            ("SESAME_QUEUE", "kafka://"),
+            ("SESAME_QUEUE", "redis://x:1"),
+            ("SESAME_KAFKA__PUSH_PARTITIONS", "0"),
+            ("SESAME_KAFKA__MESSAGE_TIMEOUT_MS", "700000"),
+            ("SESAME_SIMULATOR_URL", "sim:50051"),
+            ("SESAME_WATCH_RESYNC_MS", "1"),
+        ] {
+            assert!(
+                Config::load(None, &env(&[(key, value)])).is_err(),
+                "{key}={value} accepted"
+            );
+        }
+        // The broker list comes from the URI only.
+        std::fs::write(&f, "[kafka]\nbrokers = \"x:1\"\n").unwrap();
+        assert!(Config::load(Some(&f), &BTreeMap::new()).is_err());
+    }
+
+    #[test]
     fn bad_values_are_refused_with_the_key_named() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");

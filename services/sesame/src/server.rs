@@ -174,11 +174,16 @@ impl Sesame {
         let (admin_stop_tx, admin_stop) = tokio::sync::oneshot::channel::<()>();
         if let Some(admin) = admin {
             let (storage, draining) = (self.storage.clone(), draining.clone());
+            // Readiness follows the queue only where nothing else can be
+            // served without it: a dispatcher. A tenant or device API still
+            // answers reads and approvals while the brokers are away.
+            let roles = self.roles;
+            let queue_gates_ready = roles.dispatcher && !roles.challenge && !roles.verifier;
             tracing::info!(addr = %admin.local_addr()?, "admin endpoints serving");
             tokio::spawn(crate::telemetry::serve_admin(
                 admin,
                 storage,
-                self.queue.clone(),
+                queue_gates_ready.then(|| self.queue.clone()),
                 draining,
                 self.log_control.clone(),
                 async {
@@ -429,6 +434,7 @@ impl Sesame {
                 tracing::warn!("dispatcher did not drain within the grace period");
             }
         }
+        queue.flush().await;
         background.abort_all();
         let _ = admin_stop_tx.send(());
         tracing::info!("sesame stopped");

@@ -88,7 +88,8 @@ impl From<QueueError> for ApiError {
                 ApiError::Unavailable(format!("the {what} queue is full; retry in a moment"))
             }
             QueueError::Closed => ApiError::Unavailable("the server is shutting down".into()),
-            QueueError::Backend(m) => ApiError::Unavailable(format!("queue unavailable: {m}")),
+            // Not mended by retrying (e.g. the brokers refuse the message).
+            QueueError::Backend(m) => ApiError::Internal(format!("push queue error: {m}")),
             QueueError::Unavailable(m) => {
                 ApiError::Unavailable(format!("push delivery is unavailable ({m}); retry shortly"))
             }

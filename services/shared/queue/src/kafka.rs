@@ -24,7 +24,7 @@
 //! when a broker answers again (and re-creates topics a new, empty cluster
 //! lacks) and publishing resumes by itself.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -86,6 +86,10 @@ pub struct KafkaConfig {
     pub session_timeout_ms: u64,
     /// How often consumed offsets are committed.
     pub commit_interval_ms: u64,
+    /// librdkafka's `fetch.wait.max.ms` for the dispatchers and event
+    /// subscribers: the longest a fetch waits on a broker that holds it
+    /// open (Kafka answers as soon as data arrives; some brokers wait).
+    pub fetch_wait_max_ms: u64,
     /// Extra librdkafka properties for every client, e.g.
     /// `"security.protocol" = "SASL_SSL"`, `"sasl.mechanism" = "SCRAM-SHA-512"`.
     pub properties: BTreeMap<String, String>,
@@ -107,6 +111,7 @@ impl Default for KafkaConfig {
             max_local_messages: 100_000,
             session_timeout_ms: 10_000,
             commit_interval_ms: 1_000,
+            fetch_wait_max_ms: 10,
             properties: BTreeMap::new(),
         }
     }
@@ -171,6 +176,9 @@ impl KafkaConfig {
         if !(100..=60_000).contains(&self.commit_interval_ms) {
             return Err("kafka.commit_interval_ms: 100-60000".into());
         }
+        if !(1..=5_000).contains(&self.fetch_wait_max_ms) {
+            return Err("kafka.fetch_wait_max_ms: 1-5000".into());
+        }
         Ok(())
     }
 
@@ -212,6 +220,9 @@ impl KafkaConfig {
 #[derive(Default)]
 struct BrokerHealth {
     down: AtomicBool,
+    /// A producer hit a fatal error (its idempotence state is broken):
+    /// nothing it publishes will be accepted again until a restart.
+    fatal: AtomicBool,
     changed: Notify,
     /// A client saw a broker connection fail: probe now, not at the next tick.
     suspect: Notify,
@@ -220,7 +231,7 @@ struct BrokerHealth {
 
 impl BrokerHealth {
     fn is_down(&self) -> bool {
-        self.down.load(Ordering::Acquire)
+        self.down.load(Ordering::Acquire) || self.fatal.load(Ordering::Acquire)
     }
 
     fn set_down(&self, down: bool) {
@@ -273,6 +284,13 @@ impl ClientContext for Context {
 
     fn error(&self, error: KafkaError, reason: &str) {
         match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::Fatal) => {
+                tracing::error!(%error, reason, "fatal kafka client error: restart this process");
+                self.health.fatal.store(true, Ordering::Release);
+                crate::metrics::broker_up(false);
+                self.health.changed.notify_waiters();
+                return;
+            }
             Some(RDKafkaErrorCode::AllBrokersDown) => self.health.set_down(true),
             // librdkafka reports a lost connection, not always "all down"
             // (idle clients have no connection to lose): let the probe decide.
@@ -318,8 +336,11 @@ pub(crate) struct Offsets {
 
 struct Track {
     generation: u64,
-    in_flight: BTreeSet<i64>,
-    /// One past the highest finished offset.
+    /// Offsets taken and not finished, with how often each was taken in
+    /// this generation (a seek or offset reset can deliver one twice).
+    in_flight: BTreeMap<i64, u32>,
+    /// One past the highest finished offset: the commit point once nothing
+    /// is in flight.
     next: i64,
 }
 
@@ -334,11 +355,11 @@ impl Offsets {
                 *generations += 1;
                 Track {
                     generation: *generations,
-                    in_flight: BTreeSet::new(),
+                    in_flight: BTreeMap::new(),
                     next: offset,
                 }
             });
-        t.in_flight.insert(offset);
+        *t.in_flight.entry(offset).or_default() += 1;
         t.generation
     }
 
@@ -355,9 +376,19 @@ impl Offsets {
         if t.generation != generation {
             return None;
         }
-        t.in_flight.remove(&offset);
-        t.next = t.next.max(offset + 1);
-        Some(t.in_flight.first().copied().unwrap_or(t.next))
+        if let Some(n) = t.in_flight.get_mut(&offset) {
+            *n -= 1;
+            if *n == 0 {
+                t.in_flight.remove(&offset);
+            }
+        }
+        t.next = t.next.max(offset.saturating_add(1));
+        Some(
+            t.in_flight
+                .first_key_value()
+                .map(|(o, _)| *o)
+                .unwrap_or(t.next),
+        )
     }
 
     pub(crate) fn forget(&mut self, topic: &str, partition: i32) {
@@ -462,7 +493,7 @@ impl KafkaQueue {
             for f in futures {
                 match f.await {
                     Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(QueueError::Unavailable(e.to_string())),
+                    Ok(Err((e, _))) => return Err(delivery_error(e)),
                     Err(_) => return Err(QueueError::Closed),
                 }
             }
@@ -485,6 +516,23 @@ impl KafkaQueue {
             }
         }
         r
+    }
+}
+
+/// A failed delivery: transient unless the brokers refused the message for
+/// good (too large, not authorised), which retrying cannot mend.
+fn delivery_error(e: KafkaError) -> QueueError {
+    use RDKafkaErrorCode::*;
+    match e.rdkafka_error_code() {
+        Some(
+            MessageSizeTooLarge
+            | InvalidMessageSize
+            | TopicAuthorizationFailed
+            | ClusterAuthorizationFailed
+            | InvalidMessage
+            | InvalidRecord,
+        ) => QueueError::Backend(e.to_string()),
+        _ => QueueError::Unavailable(e.to_string()),
     }
 }
 
@@ -552,7 +600,7 @@ async fn ensure_topics(config: &KafkaConfig, ctx: Context) -> Result<(), QueueEr
 }
 
 /// Asks a broker for metadata every second, and at once when a client saw
-/// a connection fail: no answer marks the brokers down (publishing then
+/// a connection fail: two unanswered probes in a row mark the brokers down (publishing then
 /// fails fast, and callers waiting for acknowledgements give up), an answer
 /// marks them up again after (re-)creating topics a new cluster lacks.
 /// librdkafka alone does not say reliably that every broker is gone: an idle
@@ -565,6 +613,10 @@ async fn probe_loop(
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One slow answer is no outage: marking the brokers down aborts every
+    // publish in flight (their challenges are cancelled), so it takes two
+    // unanswered probes in a row.
+    let mut failures = 0u32;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -578,16 +630,22 @@ async fn probe_loop(
                 .map(|m| m.topics().iter().any(|t| !t.partitions().is_empty()))
         })
         .await;
-        match meta {
-            Ok(Ok(true)) => health.set_down(false),
+        let answered = match meta {
+            Ok(Ok(true)) => true,
             Ok(Ok(false)) => match ensure_topics(&config, ctx.clone()).await {
-                Ok(()) => health.set_down(false),
+                Ok(()) => true,
                 Err(e) => {
                     tracing::debug!(error = %e, "kafka topics still missing");
-                    health.set_down(true);
+                    false
                 }
             },
-            _ => health.set_down(true),
+            _ => false,
+        };
+        failures = if answered { 0 } else { failures + 1 };
+        if answered {
+            health.set_down(false);
+        } else if failures >= 2 {
+            health.set_down(true);
         }
     }
 }
@@ -690,6 +748,10 @@ impl Queue for KafkaQueue {
         };
         let mut c = self.config.client_config("sesame-dispatcher");
         c.set("group.id", &self.config.consumer_group)
+            .set(
+                "fetch.wait.max.ms",
+                self.config.fetch_wait_max_ms.to_string(),
+            )
             .set("enable.auto.commit", "true")
             .set(
                 "auto.commit.interval.ms",
@@ -732,6 +794,10 @@ impl Queue for KafkaQueue {
             format!("sesame-events-{}", rand::random::<u64>()),
         )
         .set("enable.auto.commit", "false")
+        .set(
+            "fetch.wait.max.ms",
+            self.config.fetch_wait_max_ms.to_string(),
+        )
         .set("auto.offset.reset", "earliest");
         let consumer: StreamConsumer<Context> = c.create_with_context(ctx).map_err(backend)?;
         let consumer = Arc::new(consumer);
@@ -773,11 +839,23 @@ impl Queue for KafkaQueue {
         Ok(Box::new(KafkaSubscriber {
             consumer,
             closed: self.closed.subscribe(),
+            last_lagged: None,
         }))
     }
 
     fn close(&self) {
         let _ = self.closed.send(true);
+    }
+
+    async fn flush(&self) {
+        // Events and retries are fire-and-forget; give the last ones up to
+        // two seconds to reach the brokers before the process exits.
+        let (a, b) = (self.aux_producer.clone(), self.push_producer.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = a.flush(Duration::from_secs(2));
+            let _ = b.flush(Duration::from_secs(1));
+        })
+        .await;
     }
 }
 
@@ -828,7 +906,12 @@ impl PushConsumer for KafkaConsumer {
                 return None;
             }
             let taken = tokio::select! {
-                _ = self.closed.changed() => continue,
+                changed = self.closed.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                    continue;
+                }
                 m = self.consumer.recv() => match m {
                     Err(e) => Err(e),
                     Ok(m) => Ok((
@@ -864,8 +947,9 @@ impl PushConsumer for KafkaConsumer {
             match PushJob::decode(&bytes) {
                 Ok(job) => return Some(PushDelivery::new(job, Some(Box::new(acker)))),
                 Err(reason) => {
-                    self.poison(&acker, &bytes, &reason).await;
-                    Box::new(acker).ack();
+                    if self.poison(&acker, &bytes, &reason).await {
+                        Box::new(acker).ack();
+                    }
                 }
             }
         }
@@ -875,8 +959,8 @@ impl PushConsumer for KafkaConsumer {
 impl KafkaConsumer {
     /// An undecodable message goes to dead letters as it is, and the
     /// consumer moves on: one bad message must not stop delivery.
-    async fn poison(&self, at: &KafkaAcker, bytes: &[u8], reason: &str) {
-        crate::metrics::poison_message();
+    async fn poison(&self, at: &KafkaAcker, bytes: &[u8], reason: &str) -> bool {
+        crate::metrics::undecodable("push");
         let source = format!("{}/{}/{}", at.topic, at.partition, at.offset);
         tracing::warn!(%source, %reason, "undecodable push job moved to dead letters");
         let reason = format!("undecodable push job: {reason}");
@@ -889,20 +973,28 @@ impl KafkaConsumer {
                 key: DEAD_SOURCE_HEADER,
                 value: Some(&source),
             });
-        let record = FutureRecord::<(), [u8]>::to(&self.dead_letter_topic)
-            .payload(bytes)
-            .headers(headers);
-        match self.dead_letters.send_result(record) {
-            Ok(f) => {
-                if !matches!(
+        // Retried until it is stored (or the queue closes, and the message
+        // is delivered again later): a dead letter is not dropped.
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let record = FutureRecord::<(), [u8]>::to(&self.dead_letter_topic)
+                .payload(bytes)
+                .headers(headers.clone());
+            if let Ok(f) = self.dead_letters.send_result(record) {
+                if matches!(
                     tokio::time::timeout(Duration::from_secs(10), f).await,
                     Ok(Ok(Ok(_)))
                 ) {
-                    crate::metrics::produce_error(&self.dead_letter_topic);
-                    tracing::warn!(%source, "dead letter not acknowledged; message dropped");
+                    return true;
                 }
             }
-            Err(_) => crate::metrics::produce_error(&self.dead_letter_topic),
+            crate::metrics::produce_error(&self.dead_letter_topic);
+            tracing::warn!(%source, "dead letter not stored yet; retrying");
+            if *self.closed.borrow() {
+                return false;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 }
@@ -910,6 +1002,7 @@ impl KafkaConsumer {
 struct KafkaSubscriber {
     consumer: Arc<StreamConsumer<Context>>,
     closed: watch::Receiver<bool>,
+    last_lagged: Option<std::time::Instant>,
 }
 
 #[async_trait]
@@ -920,19 +1013,31 @@ impl EventSubscriber for KafkaSubscriber {
                 return Err(EventError::Closed);
             }
             let r = tokio::select! {
-                _ = self.closed.changed() => continue,
+                changed = self.closed.changed() => {
+                    if changed.is_err() {
+                        return Err(EventError::Closed);
+                    }
+                    continue;
+                }
                 m = self.consumer.recv() => m.map(|m| m.payload().map(serde_json::from_slice::<Event>)),
             };
             match r {
                 Ok(Some(Ok(event))) => return Ok(event),
                 // Not ours to read: skip it.
-                Ok(_) => crate::metrics::poison_message(),
+                Ok(_) => crate::metrics::undecodable("events"),
                 Err(e) => {
-                    // Something may have been missed (a broker restart can
-                    // reset offsets): have watchers re-read.
+                    // librdkafka resumes at the right offset after routine
+                    // errors, but an offset reset can skip events: have
+                    // watchers re-read, at most every 5 s.
                     tracing::debug!(error = %e, "kafka events consumer error");
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    return Err(EventError::Lagged(0));
+                    let due = self
+                        .last_lagged
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
+                    if due {
+                        self.last_lagged = Some(std::time::Instant::now());
+                        return Err(EventError::Lagged(0));
+                    }
                 }
             }
         }

@@ -222,4 +222,7 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Stops handing out jobs; consumers see `None` once the queue drains.
     fn close(&self);
+
+    /// Sends what is still buffered locally (before the process exits).
+    async fn flush(&self) {}
 }

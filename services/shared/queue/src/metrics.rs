@@ -3,8 +3,9 @@
 /// `sesame_queue_produce_errors_total{topic}`: messages the backend refused
 /// or did not acknowledge in time.
 pub const PRODUCE_ERRORS: &str = "sesame_queue_produce_errors_total";
-/// `sesame_queue_poison_messages_total`: undecodable messages moved to dead letters.
-pub const POISON_MESSAGES: &str = "sesame_queue_poison_messages_total";
+/// `sesame_queue_undecodable_messages_total{stream}`: messages that did not
+/// decode (`push`: moved to dead letters; `events`: skipped).
+pub const UNDECODABLE: &str = "sesame_queue_undecodable_messages_total";
 /// `sesame_queue_broker_up`: 1 while a Kafka broker answers, 0 while none does.
 pub const BROKER_UP: &str = "sesame_queue_broker_up";
 
@@ -14,8 +15,8 @@ pub fn describe() {
         "messages the queue backend refused or did not acknowledge in time, by topic"
     );
     metrics::describe_counter!(
-        POISON_MESSAGES,
-        "undecodable queue messages moved to dead letters"
+        UNDECODABLE,
+        "undecodable queue messages (push: moved to dead letters; events: skipped)"
     );
     metrics::describe_gauge!(
         BROKER_UP,
@@ -27,8 +28,8 @@ pub fn produce_error(topic: &str) {
     metrics::counter!(PRODUCE_ERRORS, "topic" => topic.to_owned()).increment(1);
 }
 
-pub fn poison_message() {
-    metrics::counter!(POISON_MESSAGES).increment(1);
+pub fn undecodable(stream: &'static str) {
+    metrics::counter!(UNDECODABLE, "stream" => stream).increment(1);
 }
 
 pub fn broker_up(up: bool) {
