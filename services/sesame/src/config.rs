@@ -99,6 +99,9 @@ pub struct RateLimitSection {
 pub struct DispatcherSection {
     pub concurrency: usize,
     pub max_attempts: u32,
+    /// Retries that may wait for their time at once (their own budget, apart
+    /// from fresh pushes).
+    pub max_waiting_retries: usize,
 }
 
 impl Default for DispatcherSection {
@@ -107,6 +110,7 @@ impl Default for DispatcherSection {
         DispatcherSection {
             concurrency: d.concurrency,
             max_attempts: d.max_attempts,
+            max_waiting_retries: d.max_waiting_retries,
         }
     }
 }
@@ -236,6 +240,10 @@ impl Config {
         anyhow::ensure!(
             self.dispatcher.max_attempts >= 1,
             "dispatcher.max_attempts must be at least 1"
+        );
+        anyhow::ensure!(
+            (1..=1_000_000).contains(&self.dispatcher.max_waiting_retries),
+            "dispatcher.max_waiting_retries: 1-1000000"
         );
         self.guard
             .defaults

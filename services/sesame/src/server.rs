@@ -333,6 +333,7 @@ impl Sesame {
                 DispatcherConfig {
                     concurrency: config.dispatcher.concurrency,
                     max_attempts: config.dispatcher.max_attempts,
+                    max_waiting_retries: config.dispatcher.max_waiting_retries,
                     ..Default::default()
                 },
             );

@@ -538,6 +538,44 @@ async fn full_logins_through_kafka_with_two_dispatcher_processes() {
     let split = cluster.pushes("delivered").await;
     eprintln!("pushes delivered per dispatcher process: {split:?}");
     assert_eq!(split.iter().sum::<f64>(), 8.0, "{split:?}");
+    // Each dispatcher reports its consumer lag (librdkafka statistics, every 5 s).
+    let admins: Vec<String> = cluster
+        .dispatchers
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|d| d.admin.clone())
+        .collect();
+    for admin in admins {
+        let mut seen = false;
+        for _ in 0..100 {
+            let text = http_get(&admin, "/metrics").await.map(|(_, t)| t);
+            if text.is_some_and(|t| t.contains("sesame_queue_consumer_lag{topic=\"sesame.push\"}"))
+            {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(seen, "no consumer lag reported by {admin}");
+        // Every queue metric the alert rules use is exported here.
+        let rules = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/prometheus/sesame-rules.yml"),
+        )
+        .expect("rules");
+        let text = http_get(&admin, "/metrics").await.expect("metrics").1;
+        for name in rules
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("sesame_queue_"))
+        {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&format!("{name}{{"))
+                        || l.starts_with(&format!("{name} "))),
+                "{name} is used by the rules but not exported by a dispatcher"
+            );
+        }
+    }
     // Dispatchers are stateless: they opened no store.
     for i in 1..=2 {
         assert!(!cluster.dir.path().join(format!("dispatcher-{i}")).exists());

@@ -282,6 +282,24 @@ impl ClientContext for Context {
         }
     }
 
+    /// Dispatcher consumers report their lag every few seconds: per topic,
+    /// the jobs in their partitions not finished yet (high watermark minus
+    /// the stored offset). Summed over dispatchers it is the backlog.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if self.offsets.is_none() {
+            return;
+        }
+        for (name, topic) in &statistics.topics {
+            let lag: i64 = topic
+                .partitions
+                .values()
+                .filter(|p| p.desired && p.partition >= 0)
+                .map(|p| p.consumer_lag_stored.max(0))
+                .sum();
+            crate::metrics::consumer_lag(name, lag);
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         match error.rdkafka_error_code() {
             Some(RDKafkaErrorCode::Fatal) => {
@@ -748,6 +766,7 @@ impl Queue for KafkaQueue {
         };
         let mut c = self.config.client_config("sesame-dispatcher");
         c.set("group.id", &self.config.consumer_group)
+            .set("statistics.interval.ms", "5000")
             .set(
                 "fetch.wait.max.ms",
                 self.config.fetch_wait_max_ms.to_string(),
