@@ -1,0 +1,297 @@
+//! `sesame-loadtest`: whole logins against a Sesame deployment, open loop.
+//! See the crate documentation (`lib.rs`) and `loadtest/README.md`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sesame_loadtest::{Engine, Options, Phase, Population, Report};
+
+#[derive(Parser)]
+#[command(
+    name = "sesame-loadtest",
+    about = "Open-loop load of whole Sesame logins with simulated phones"
+)]
+struct Cli {
+    /// The Sesame gRPC endpoint (tenant API, device API and the simulator's inbox).
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    server: String,
+    /// Tenant API key; default: `<data-dir>/dev-tenant.key`.
+    #[arg(long, env = "SESAME_API_KEY")]
+    api_key: Option<String>,
+    #[arg(long, default_value = "sesame-data")]
+    data_dir: PathBuf,
+    /// Simulated phones (one user each); a phone does one login at a time.
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// Milliseconds between the push and the approval (not counted in latency).
+    #[arg(long, default_value_t = 0)]
+    think_ms: u64,
+    #[arg(long, default_value_t = 10_000)]
+    push_timeout_ms: u64,
+    #[arg(long, default_value_t = 20_000)]
+    max_in_flight: usize,
+    /// The server's pid, when it runs on this machine: memory and CPU per login.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Write the result as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write the chart (SVG) here.
+    #[arg(long)]
+    chart: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum Scenario {
+    /// One rate for a while.
+    Steady {
+        #[arg(long)]
+        rate: f64,
+        #[arg(long, default_value_t = 30)]
+        secs: u64,
+    },
+    /// Baseline, then `factor` times the rate, then baseline again.
+    Surge {
+        #[arg(long)]
+        rate: f64,
+        #[arg(long, default_value_t = 10.0)]
+        factor: f64,
+        #[arg(long, default_value_t = 20)]
+        before: u64,
+        #[arg(long, default_value_t = 60)]
+        during: u64,
+        #[arg(long, default_value_t = 20)]
+        after: u64,
+    },
+    /// Steps up the rate until p99 passes the target (or logins fail or are
+    /// refused above 1 %): the capacity is the last step that passed.
+    Ramp {
+        #[arg(long, default_value_t = 100.0)]
+        start: f64,
+        #[arg(long, default_value_t = 1.25)]
+        step_factor: f64,
+        #[arg(long, default_value_t = 10)]
+        step_secs: u64,
+        #[arg(long, default_value_t = 50.0)]
+        target_p99_ms: f64,
+        #[arg(long, default_value_t = 100_000.0)]
+        max_rate: f64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let api_key = match &cli.api_key {
+        Some(k) => k.trim().to_owned(),
+        None => {
+            let path = cli.data_dir.join("dev-tenant.key");
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("no --api-key and cannot read {}", path.display()))?
+                .trim()
+                .to_owned()
+        }
+    };
+    anyhow::ensure!(cli.users >= 1, "--users must be at least 1");
+    let prefix = format!("lt{}", std::process::id());
+    eprintln!("enrolling {} simulated phones...", cli.users);
+    let population = Population::enroll(&cli.server, &api_key, &prefix, cli.users, 32).await?;
+    let channel = sesame_device_sim::connect(&cli.server).await?;
+    let engine = Engine::new(
+        channel,
+        population,
+        Options {
+            api_key,
+            think: Duration::from_millis(cli.think_ms),
+            push_timeout: Duration::from_millis(cli.push_timeout_ms),
+            max_in_flight: cli.max_in_flight.max(1),
+            server_pid: cli.server_pid,
+            progress: !cli.quiet,
+        },
+    );
+    let (report, extra) = match cli.scenario {
+        Scenario::Steady { rate, secs } => {
+            check_rate(rate)?;
+            (engine.run("steady", &[Phase { rate, secs }]).await, None)
+        }
+        Scenario::Surge {
+            rate,
+            factor,
+            before,
+            during,
+            after,
+        } => {
+            check_rate(rate)?;
+            check_rate(rate * factor)?;
+            let phases = [
+                Phase { rate, secs: before },
+                Phase {
+                    rate: rate * factor,
+                    secs: during,
+                },
+                Phase { rate, secs: after },
+            ];
+            (engine.run("surge", &phases).await, None)
+        }
+        Scenario::Ramp {
+            start,
+            step_factor,
+            step_secs,
+            target_p99_ms,
+            max_rate,
+        } => {
+            check_rate(start)?;
+            anyhow::ensure!(step_factor > 1.0, "--step-factor must be above 1");
+            ramp(
+                &engine,
+                start,
+                step_factor,
+                step_secs,
+                target_p99_ms,
+                max_rate,
+            )
+            .await
+        }
+    };
+    println!("{}", report.summary());
+    if let Some(path) = &cli.out {
+        let mut json = serde_json::to_value(&report)?;
+        if let (Some(extra), Some(obj)) = (extra, json.as_object_mut()) {
+            obj.insert("ramp".into(), extra);
+        }
+        std::fs::write(path, serde_json::to_vec_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &cli.chart {
+        std::fs::write(path, report.svg())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn check_rate(rate: f64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        rate.is_finite() && (0.01..=1_000_000.0).contains(&rate),
+        "rate {rate}: 0.01-1000000 logins per second"
+    );
+    Ok(())
+}
+
+async fn ramp(
+    engine: &Engine,
+    start: f64,
+    factor: f64,
+    step_secs: u64,
+    target_p99_ms: f64,
+    max_rate: f64,
+) -> (Report, Option<serde_json::Value>) {
+    let mut rate = start;
+    let mut capacity = None;
+    let mut steps = Vec::new();
+    let mut merged: Option<Report> = None;
+    loop {
+        let r = engine
+            .run(
+                &format!("ramp step {rate:.0}/s"),
+                &[Phase {
+                    rate,
+                    secs: step_secs,
+                }],
+            )
+            .await;
+        let p99 = r.login_ms.get(2).copied().unwrap_or(f64::INFINITY);
+        let bad = r.refused + r.failed + r.client_dropped;
+        let passed = p99 <= target_p99_ms && (bad as f64) <= 0.01 * r.offered as f64;
+        eprintln!(
+            "ramp: {rate:.0}/s -> {:.0} approved/s, p99 {p99:.1} ms, {bad} refused/failed/dropped: {}",
+            r.approved_per_sec(),
+            if passed { "pass" } else { "over" }
+        );
+        steps.push(serde_json::json!({
+            "rate": rate, "approved_per_sec": r.approved_per_sec(), "p99_ms": p99,
+            "refused": r.refused, "failed": r.failed, "client_dropped": r.client_dropped,
+            "server_cpu_ms_per_login": r.server_cpu_ms_per_login,
+            "tester_cpu_ms_per_login": r.tester_cpu_ms_per_login,
+            "passed": passed,
+        }));
+        merged = Some(match merged.take() {
+            None => Report {
+                scenario: "ramp".into(),
+                ..r
+            },
+            Some(mut m) => {
+                let offset = m.seconds.len() as u64;
+                m.phases.extend(r.phases.iter().copied());
+                m.wall_secs += r.wall_secs;
+                m.offered += r.offered;
+                m.accepted += r.accepted;
+                m.refused += r.refused;
+                m.failed += r.failed;
+                m.approved += r.approved;
+                m.client_dropped += r.client_dropped;
+                for (k, v) in r.failures {
+                    *m.failures.entry(k).or_default() += v;
+                }
+                m.seconds.extend(r.seconds.into_iter().map(|mut s| {
+                    s.t += offset;
+                    s
+                }));
+                // Per step only (in the `ramp.steps` JSON): a mixed figure
+                // over steps would mean nothing.
+                m.server_cpu_ms_per_login = None;
+                m.tester_cpu_ms_per_login = None;
+                m.max_rss_mib = match (m.max_rss_mib, r.max_rss_mib) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                m
+            }
+        });
+        if !passed {
+            break;
+        }
+        capacity = Some(rate);
+        rate *= factor;
+        if rate > max_rate {
+            break;
+        }
+    }
+    match capacity {
+        Some(c) => println!("capacity: {c:.0} logins/s with p99 under {target_p99_ms} ms"),
+        None => println!("capacity: below {start:.0} logins/s (the first step did not pass)"),
+    }
+    let extra = serde_json::json!({
+        "target_p99_ms": target_p99_ms, "capacity_per_sec": capacity, "steps": steps,
+    });
+    (merged.unwrap_or_else(empty_report), Some(extra))
+}
+
+fn empty_report() -> Report {
+    // `ramp` runs at least one step; this only satisfies the types.
+    Report {
+        scenario: "ramp".into(),
+        phases: Vec::new(),
+        wall_secs: 0.0,
+        offered: 0,
+        accepted: 0,
+        refused: 0,
+        failed: 0,
+        approved: 0,
+        client_dropped: 0,
+        login_ms: Vec::new(),
+        create_ms: Vec::new(),
+        refusal_ms: Vec::new(),
+        failures: Default::default(),
+        server_cpu_ms_per_login: None,
+        tester_cpu_ms_per_login: None,
+        max_rss_mib: None,
+        seconds: Vec::new(),
+    }
+}
