@@ -62,6 +62,7 @@ pub struct Config {
     pub guard: GuardSection,
     pub quotas: QuotaSection,
     pub ratelimit: RateLimitSection,
+    pub admission: AdmissionSection,
     /// This process's name in quota usage reports; empty: random per start.
     pub instance_id: String,
 }
@@ -92,6 +93,50 @@ pub struct GuardSection {
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitSection {
     pub limits: Vec<DescriptorLimit>,
+}
+
+/// Admission control (`[admission]`): one adaptive concurrency limit per
+/// process, shared by priority, shedding at once instead of queueing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionSection {
+    pub enabled: bool,
+    pub initial_limit: usize,
+    pub min_limit: usize,
+    pub max_limit: usize,
+    /// Recent latency may be this many times the long-term one before the
+    /// limit shrinks.
+    pub tolerance: f64,
+    /// A call whose `grpc-timeout` leaves less is refused before any work.
+    pub min_deadline_ms: u64,
+}
+
+impl Default for AdmissionSection {
+    fn default() -> Self {
+        let d = sesame_grpc::admission::AdmissionConfig::default();
+        AdmissionSection {
+            enabled: d.enabled,
+            initial_limit: d.initial_limit,
+            min_limit: d.min_limit,
+            max_limit: d.max_limit,
+            tolerance: d.tolerance,
+            min_deadline_ms: d.min_deadline.as_millis() as u64,
+        }
+    }
+}
+
+impl AdmissionSection {
+    pub fn to_config(&self) -> sesame_grpc::admission::AdmissionConfig {
+        sesame_grpc::admission::AdmissionConfig {
+            enabled: self.enabled,
+            initial_limit: self.initial_limit,
+            min_limit: self.min_limit,
+            max_limit: self.max_limit,
+            tolerance: self.tolerance,
+            min_deadline: std::time::Duration::from_millis(self.min_deadline_ms),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,6 +186,7 @@ impl Default for Config {
             guard: GuardSection::default(),
             quotas: QuotaSection::default(),
             ratelimit: RateLimitSection::default(),
+            admission: AdmissionSection::default(),
             instance_id: String::new(),
         }
     }
@@ -240,6 +286,23 @@ impl Config {
         anyhow::ensure!(
             self.dispatcher.max_attempts >= 1,
             "dispatcher.max_attempts must be at least 1"
+        );
+        let a = &self.admission;
+        anyhow::ensure!(
+            a.min_limit >= 1 && a.min_limit <= a.initial_limit && a.initial_limit <= a.max_limit,
+            "admission: need 1 <= min_limit <= initial_limit <= max_limit"
+        );
+        anyhow::ensure!(
+            a.max_limit <= 1_000_000,
+            "admission.max_limit: at most 1000000"
+        );
+        anyhow::ensure!(
+            a.tolerance.is_finite() && (1.0..=10.0).contains(&a.tolerance),
+            "admission.tolerance: 1.0-10.0"
+        );
+        anyhow::ensure!(
+            a.min_deadline_ms <= 60_000,
+            "admission.min_deadline_ms: 0-60000"
         );
         anyhow::ensure!(
             (1..=1_000_000).contains(&self.dispatcher.max_waiting_retries),

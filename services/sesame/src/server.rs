@@ -384,7 +384,11 @@ impl Sesame {
         let grace = Duration::from_secs(config.shutdown_grace_seconds);
         let (drain_started_tx, drain_started) = tokio::sync::oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()
+            // Metrics outermost, so shed calls are counted with their status.
             .layer(sesame_grpc::metrics::GrpcMetricsLayer)
+            .layer(sesame_grpc::admission::AdmissionLayer::new(
+                config.admission.to_config(),
+            ))
             .tcp_nodelay(true)
             .timeout(Duration::from_secs(30))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))

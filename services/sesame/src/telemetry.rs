@@ -45,6 +45,7 @@ pub fn prometheus() -> Option<PrometheusHandle> {
                 .install_recorder()
                 .ok()?;
             sesame_grpc::metrics::describe();
+            sesame_grpc::admission::describe();
             sesame_challenge::metrics::describe();
             sesame_verifier::metrics::describe();
             sesame_dispatcher::metrics::describe();

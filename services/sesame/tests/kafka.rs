@@ -537,7 +537,10 @@ async fn full_logins_through_kafka_with_two_dispatcher_processes() {
     }
     let split = cluster.pushes("delivered").await;
     eprintln!("pushes delivered per dispatcher process: {split:?}");
-    assert_eq!(split.iter().sum::<f64>(), 8.0, "{split:?}");
+    // At least once: a consumer-group rebalance may deliver a push twice,
+    // and then the simulator saw it as a duplicate.
+    let duplicates = cluster.simulator_stats().await.duplicates as f64;
+    assert_eq!(split.iter().sum::<f64>(), 8.0 + duplicates, "{split:?}");
     // Each dispatcher reports its consumer lag (librdkafka statistics, every 5 s).
     let admins: Vec<String> = cluster
         .dispatchers

@@ -4,6 +4,7 @@
 //! `tonic::Status` with a message a person can act on; and tenant
 //! authentication by API key ([`TenantAuth`]), shared by every tenant-facing role.
 
+pub mod admission;
 pub mod apikey;
 mod auth;
 pub mod convert;
