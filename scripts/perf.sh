@@ -39,6 +39,19 @@ if [ "$which" = embedded ] || [ "$which" = all ]; then
         --out "$out/embedded-surge.json" --chart "$out/embedded-surge.svg" \
         surge --rate 300 --factor 10 --before 10 --during 20 --after 15
     kill "$server"; wait "$server" || true
+
+    # The same surge with admission control off, for comparison.
+    port=$(free_port)
+    SESAME_ADMISSION__ENABLED=false SESAME_ADMIN_LISTEN="" "$target/sesame" serve \
+        --listen "127.0.0.1:$port" --data-dir "$work/embedded-off" &
+    pids+=($!); server=$!
+    wait_port "$port"; sleep 0.5
+    url="http://127.0.0.1:$port"
+    loadtest --server "$url" --data-dir "$work/embedded-off" --users 500 steady --rate 100 --secs 5 >/dev/null
+    loadtest --server "$url" --data-dir "$work/embedded-off" --users 4000 --server-pid "$server" \
+        --out "$out/embedded-surge-admission-off.json" --chart "$out/embedded-surge-admission-off.svg" \
+        surge --rate 300 --factor 10 --before 10 --during 20 --after 15
+    kill "$server"; wait "$server" || true
 fi
 
 if [ "$which" = kafka ] || [ "$which" = all ]; then

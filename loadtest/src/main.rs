@@ -216,6 +216,7 @@ async fn ramp(
         );
         steps.push(serde_json::json!({
             "rate": rate, "approved_per_sec": r.approved_per_sec(), "p99_ms": p99,
+            "p50_ms": r.login_ms.first().copied(),
             "refused": r.refused, "failed": r.failed, "client_dropped": r.client_dropped,
             "server_cpu_ms_per_login": r.server_cpu_ms_per_login,
             "tester_cpu_ms_per_login": r.tester_cpu_ms_per_login,
@@ -247,6 +248,10 @@ async fn ramp(
                 // over steps would mean nothing.
                 m.server_cpu_ms_per_login = None;
                 m.tester_cpu_ms_per_login = None;
+                m.login_ms.clear();
+                m.create_ms.clear();
+                m.refusal_ms.clear();
+                m.retries_after_pushback += r.retries_after_pushback;
                 m.max_rss_mib = match (m.max_rss_mib, r.max_rss_mib) {
                     (Some(a), Some(b)) => Some(a.max(b)),
                     (a, b) => a.or(b),
@@ -289,6 +294,7 @@ fn empty_report() -> Report {
         create_ms: Vec::new(),
         refusal_ms: Vec::new(),
         failures: Default::default(),
+        retries_after_pushback: 0,
         server_cpu_ms_per_login: None,
         tester_cpu_ms_per_login: None,
         max_rss_mib: None,

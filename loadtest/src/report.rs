@@ -45,6 +45,9 @@ pub struct Report {
     /// A refused `CreateChallenge`: p50, p90, p99, p99.9, max (ms).
     pub refusal_ms: Vec<f64>,
     pub failures: BTreeMap<String, u64>,
+    /// Phone and verdict calls answered `UNAVAILABLE` and tried again after
+    /// the server's pushback, as an app would.
+    pub retries_after_pushback: u64,
     pub server_cpu_ms_per_login: Option<f64>,
     pub tester_cpu_ms_per_login: Option<f64>,
     pub max_rss_mib: Option<f64>,
@@ -90,6 +93,13 @@ impl Report {
                 s,
                 "\n  CPU per approved login: server {server:.3} ms + tester {tester:.3} ms = {:.3} ms",
                 server + tester
+            );
+        }
+        if self.retries_after_pushback > 0 {
+            let _ = write!(
+                s,
+                "\n  retried after pushback: {} calls",
+                self.retries_after_pushback
             );
         }
         if let Some(m) = self.max_rss_mib {
@@ -260,6 +270,7 @@ mod tests {
             create_ms: vec![1.0; 5],
             refusal_ms: vec![0.1; 5],
             failures: BTreeMap::new(),
+            retries_after_pushback: 0,
             server_cpu_ms_per_login: Some(0.2),
             tester_cpu_ms_per_login: Some(0.1),
             max_rss_mib: Some(40.0),

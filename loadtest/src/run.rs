@@ -90,6 +90,7 @@ struct Tally {
     create_us: Mutex<Histogram<u64>>,
     failures: Mutex<std::collections::BTreeMap<String, u64>>,
     in_flight: AtomicUsize,
+    retries: AtomicUsize,
 }
 
 impl Tally {
@@ -140,6 +141,7 @@ impl Engine {
             create_us: Mutex::new(histogram()),
             failures: Mutex::new(Default::default()),
             in_flight: AtomicUsize::new(0),
+            retries: AtomicUsize::new(0),
         });
         let (stop_sampling, stop) = tokio::sync::watch::channel(false);
         let resources = tokio::spawn(sample_resources(
@@ -312,10 +314,12 @@ async fn login_with(
     }
     drop(pushes);
     tokio::time::sleep(options.think).await;
-    let details = match phone.device.details(&challenge.challenge_id).await {
+    // What an app does when told to come back later: wait the pushback and
+    // try again (a few times, within the push timeout).
+    let details = match retrying(tally, || phone.device.details(&challenge.challenge_id)).await {
         Ok(d) => d,
         Err(e) => {
-            tally.fail(format!("GetChallengeDetails: {e}"));
+            tally.fail(format!("GetChallengeDetails {}", sim_code(&e)));
             return Outcome::Failed;
         }
     };
@@ -323,31 +327,70 @@ async fn login_with(
         decision: Decision::Approve,
         number: challenge.number_match_code.clone(),
     };
-    if let Err(e) = phone.device.respond(&details, &answer).await {
-        tally.fail(format!("Respond: {e}"));
+    if let Err(e) = retrying(tally, || phone.device.respond(&details, &answer)).await {
+        tally.fail(format!("Respond {}", sim_code(&e)));
         return Outcome::Failed;
     }
-    let Ok(request) = authed(
-        &options.api_key,
-        pb::GetChallengeRequest {
-            challenge_id: challenge.challenge_id.clone(),
-        },
-    ) else {
-        return Outcome::Failed;
-    };
-    match ChallengeServiceClient::new(channel.clone())
-        .get_challenge(request)
-        .await
-    {
-        Ok(c) if c.get_ref().status == types::ChallengeStatus::Approved as i32 => Outcome::Approved,
+    let verdict = retrying(tally, || async {
+        let request = authed(
+            &options.api_key,
+            pb::GetChallengeRequest {
+                challenge_id: challenge.challenge_id.clone(),
+            },
+        )
+        .map_err(|e| sesame_device_sim::SimError::Protocol(e.to_string()))?;
+        Ok(ChallengeServiceClient::new(channel.clone())
+            .get_challenge(request)
+            .await?
+            .into_inner())
+    })
+    .await;
+    match verdict {
+        Ok(c) if c.status == types::ChallengeStatus::Approved as i32 => Outcome::Approved,
         Ok(c) => {
-            tally.fail(format!("verdict {}", c.get_ref().status));
+            tally.fail(format!("verdict {}", c.status));
             Outcome::Failed
         }
-        Err(s) => {
-            tally.fail(format!("GetChallenge {:?}", s.code()));
+        Err(e) => {
+            tally.fail(format!("GetChallenge {}", sim_code(&e)));
             Outcome::Failed
         }
+    }
+}
+
+/// A call retried after the server's pushback when it answers `UNAVAILABLE`,
+/// at most 3 times.
+async fn retrying<T, F, Fut>(tally: &Tally, mut call: F) -> sesame_device_sim::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = sesame_device_sim::Result<T>>,
+{
+    let mut tries = 0;
+    loop {
+        match call().await {
+            Err(sesame_device_sim::SimError::Rpc(s))
+                if s.code() == Code::Unavailable && tries < 3 =>
+            {
+                tries += 1;
+                tally.retries.fetch_add(1, Ordering::Relaxed);
+                let pushback = s
+                    .metadata()
+                    .get("grpc-retry-pushback-ms")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(250)
+                    .min(5_000);
+                tokio::time::sleep(Duration::from_millis(pushback)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn sim_code(e: &sesame_device_sim::SimError) -> String {
+    match e {
+        sesame_device_sim::SimError::Rpc(s) => format!("{:?}", s.code()),
+        other => other.to_string(),
     }
 }
 
@@ -471,6 +514,7 @@ fn build_report(
         create_ms: quantiles(&tally.create_us),
         refusal_ms: quantiles(&tally.refusal_us),
         failures: tally.failures.lock().map(|f| f.clone()).unwrap_or_default(),
+        retries_after_pushback: tally.retries.load(Ordering::Relaxed) as u64,
         server_cpu_ms_per_login: per_login(server_ticks),
         tester_cpu_ms_per_login: per_login(tester_ticks),
         max_rss_mib: rss

@@ -12,7 +12,7 @@
 //!   long-term to the recent latency, so it shrinks as soon as requests start
 //!   to queue inside the server and grows back when they do not. A priority
 //!   may use only part of it: enrollment up to 50 %, new challenges up to
-//!   85 %, answers all of it, so lower priorities are shed first.
+//!   85 %, answers up to 125 %, so lower priorities are shed first.
 //! - **No queue**: a request over its share is refused at once with
 //!   `UNAVAILABLE` and a jittered `grpc-retry-pushback-ms`.
 //! - **Deadlines**: a request whose `grpc-timeout` leaves less than
@@ -91,10 +91,13 @@ impl Priority {
         }
     }
 
-    /// The part of the limit this priority may fill.
+    /// The part of the limit this priority may fill. Answers may go a
+    /// quarter over it: when the limit drops under a surge, finishing the
+    /// logins already started is the work worth doing.
     fn share(self) -> f64 {
         match self {
-            Priority::Exempt | Priority::Critical => 1.0,
+            Priority::Exempt => 1.0,
+            Priority::Critical => 1.25,
             Priority::Normal => 0.85,
             Priority::Low => 0.5,
             Priority::Background => 0.3,
@@ -411,7 +414,7 @@ where
             let status = refusal(
                 tonic::Code::Unavailable,
                 format!(
-                    "server overloaded, {} requests shed first: retry in {} ms",
+                    "server overloaded (a {} call, shed before any work): retry in {} ms",
                     priority.label(),
                     pushback.as_millis()
                 ),
@@ -490,17 +493,19 @@ mod tests {
             .filter_map(|_| l.try_acquire(Priority::Normal))
             .collect();
         assert_eq!(normal.len(), 7);
-        // Answers may use the rest, and exempt calls are never refused.
+        // Answers may use the rest and a quarter more; exempt calls are
+        // never refused.
         let critical: Vec<_> = (0..20)
             .filter_map(|_| l.try_acquire(Priority::Critical))
             .collect();
-        assert_eq!(critical.len(), 3);
+        assert_eq!(critical.len(), 8);
         assert!(l.try_acquire(Priority::Exempt).is_some());
         assert!(l.try_acquire(Priority::Critical).is_none());
         drop(low);
-        assert_eq!(l.in_flight(), 10);
+        assert_eq!(l.in_flight(), 15);
         assert!(l.try_acquire(Priority::Low).is_none(), "still over half");
         drop(normal);
+        drop(critical);
         assert!(l.try_acquire(Priority::Low).is_some());
     }
 
