@@ -35,7 +35,16 @@ if [ "$which" = embedded ] || [ "$which" = all ]; then
     loadtest --server "$url" --data-dir "$work/embedded" --users 2000 --server-pid "$server" \
         --out "$out/embedded-ramp.json" --chart "$out/embedded-ramp.svg" \
         ramp --start 200 --step-factor 1.3 --step-secs 8 --target-p99-ms 50
-    loadtest --server "$url" --data-dir "$work/embedded" --users 4000 --server-pid "$server" \
+    kill "$server"; wait "$server" || true
+
+    # The surge, on a fresh server (like the comparison run below).
+    port=$(free_port)
+    SESAME_ADMIN_LISTEN="" "$target/sesame" serve --listen "127.0.0.1:$port" --data-dir "$work/embedded-on" &
+    pids+=($!); server=$!
+    wait_port "$port"; sleep 0.5
+    url="http://127.0.0.1:$port"
+    loadtest --server "$url" --data-dir "$work/embedded-on" --users 500 steady --rate 100 --secs 5 >/dev/null
+    loadtest --server "$url" --data-dir "$work/embedded-on" --users 4000 --server-pid "$server" \
         --out "$out/embedded-surge.json" --chart "$out/embedded-surge.svg" \
         surge --rate 300 --factor 10 --before 10 --during 20 --after 15
     kill "$server"; wait "$server" || true

@@ -89,7 +89,8 @@ impl Population {
                 .into_inner();
             tokio::spawn(async move {
                 while let Ok(Some(p)) = stream.message().await {
-                    // A full mailbox drops the oldest pushes, as a phone would.
+                    // Never blocks the stream: when 16 pushes wait unread,
+                    // the newest is dropped (its login then times out).
                     let _ = tx.try_send(p.challenge_id);
                 }
             });

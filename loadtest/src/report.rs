@@ -5,22 +5,26 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-/// One second of the run, by scheduled start of the logins.
+/// One second of the run: the logins *scheduled* in that second, whenever
+/// they ended.
 #[derive(Debug, Clone, Serialize)]
 pub struct Second {
     pub t: u64,
     pub offered: u64,
     /// `CreateChallenge` answered OK.
     pub accepted: u64,
-    /// Shed by the server (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`).
+    /// Shed by the server for overload (`UNAVAILABLE`); a limit's
+    /// `RESOURCE_EXHAUSTED` counts as failed, with its reason.
     pub refused: u64,
     pub failed: u64,
     /// Whole logins that ended `APPROVED`.
     pub approved: u64,
     /// Not started: the tester had no idle phone or too many in flight.
     pub client_dropped: u64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
+    /// Latency of the approved logins that were scheduled in this second
+    /// (none when none was approved).
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
     /// The server's resident memory, when its pid was given.
     pub rss_mib: Option<f64>,
 }
@@ -200,8 +204,16 @@ impl Report {
             "login latency (scheduled start to verdict)",
             "ms",
             vec![
-                ("p50", "#1f77b4", col(|s| s.p50_ms)),
-                ("p99", "#ff7f0e", col(|s| s.p99_ms)),
+                (
+                    "p50",
+                    "#1f77b4",
+                    self.seconds.iter().map(|s| s.p50_ms).collect(),
+                ),
+                (
+                    "p99",
+                    "#ff7f0e",
+                    self.seconds.iter().map(|s| s.p99_ms).collect(),
+                ),
             ],
         );
         panel(
@@ -248,8 +260,8 @@ mod tests {
             failed: 0,
             approved: 90,
             client_dropped: 0,
-            p50_ms: 3.0,
-            p99_ms: 9.0 + t as f64,
+            p50_ms: Some(3.0),
+            p99_ms: Some(9.0 + t as f64),
             rss_mib: Some(40.0),
         }
     }

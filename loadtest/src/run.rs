@@ -67,6 +67,12 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("constant histogram bounds are valid")
 }
 
+/// Per-second histograms: 2 significant digits (1 % resolution) keeps an
+/// hour-long run's series small.
+fn second_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 2).expect("constant histogram bounds are valid")
+}
+
 impl Bucket {
     fn new() -> Bucket {
         Bucket {
@@ -76,7 +82,7 @@ impl Bucket {
             failed: 0,
             approved: 0,
             client_dropped: 0,
-            latency_us: histogram(),
+            latency_us: second_histogram(),
         }
     }
 }
@@ -105,7 +111,7 @@ impl Tally {
 
     fn record(hist: &Mutex<Histogram<u64>>, d: Duration) {
         if let Ok(mut h) = hist.lock() {
-            let _ = h.record((d.as_micros() as u64).max(1));
+            h.saturating_record((d.as_micros() as u64).max(1));
         }
     }
 
@@ -287,7 +293,8 @@ async fn login_with(
             Some(c) => c,
             None => return Outcome::Failed,
         },
-        Err(s) if matches!(s.code(), Code::Unavailable | Code::ResourceExhausted) => {
+        // Shed for overload: what admission control answers.
+        Err(s) if s.code() == Code::Unavailable => {
             Tally::record(&tally.refusal_us, answered);
             return Outcome::Refused;
         }
@@ -473,8 +480,8 @@ fn build_report(
                 failed: b.failed,
                 approved: b.approved,
                 client_dropped: b.client_dropped,
-                p50_ms: ms(b.latency_us.value_at_quantile(0.50)),
-                p99_ms: ms(b.latency_us.value_at_quantile(0.99)),
+                p50_ms: (b.approved > 0).then(|| ms(b.latency_us.value_at_quantile(0.50))),
+                p99_ms: (b.approved > 0).then(|| ms(b.latency_us.value_at_quantile(0.99))),
                 rss_mib: rss
                     .iter()
                     .find(|(s, _)| *s == t as u64 + 1)

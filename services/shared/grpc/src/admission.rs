@@ -53,7 +53,7 @@ pub enum Priority {
     Normal,
     /// Enrollment and device management.
     Low,
-    /// Anything else (simulator, rate-limit queries, unknown paths).
+    /// Anything else (rate-limit queries, unknown paths).
     Background,
 }
 
@@ -149,6 +149,8 @@ pub struct Limiter {
     in_flight: AtomicUsize,
     /// The limit, as f64 bits (read on every request without a lock).
     limit: AtomicU64,
+    /// Calls shed since the window began: the limit was binding.
+    shed_in_window: AtomicUsize,
     window: Mutex<Window>,
 }
 
@@ -160,12 +162,22 @@ struct Window {
     max_in_flight: usize,
 }
 
-/// A window closes after this many samples or this long, whichever first.
+/// A window closes after this many samples, or after this long once it has
+/// at least [`MIN_WINDOW_SAMPLES`] (a handful of calls says nothing: one
+/// slow call would move the limit).
 const WINDOW_SAMPLES: u32 = 200;
 const WINDOW_TIME: Duration = Duration::from_millis(250);
+const MIN_WINDOW_SAMPLES: u32 = 20;
 
 impl Limiter {
-    pub fn new(config: AdmissionConfig) -> Limiter {
+    pub fn new(mut config: AdmissionConfig) -> Limiter {
+        // Sane bounds whatever the caller passed (the server validates its
+        // configuration; this keeps the arithmetic total).
+        config.min_limit = config.min_limit.max(1);
+        config.max_limit = config.max_limit.max(config.min_limit);
+        if !config.tolerance.is_finite() || config.tolerance < 1.0 {
+            config.tolerance = 1.0;
+        }
         let initial = config
             .initial_limit
             .clamp(config.min_limit.max(1), config.max_limit.max(1)) as f64;
@@ -174,6 +186,7 @@ impl Limiter {
             config,
             in_flight: AtomicUsize::new(0),
             limit: AtomicU64::new(initial.to_bits()),
+            shed_in_window: AtomicUsize::new(0),
             window: Mutex::new(Window {
                 started: Instant::now(),
                 samples: 0,
@@ -193,16 +206,22 @@ impl Limiter {
     }
 
     /// Admits a request of `priority` now, or refuses it (no waiting).
+    /// Exempt calls always pass and take no slot.
     pub fn try_acquire(self: &Arc<Self>, priority: Priority) -> Option<Permit> {
+        if priority == Priority::Exempt {
+            return Some(Permit {
+                limiter: self.clone(),
+                started: Instant::now(),
+                in_flight_at_start: 0,
+                counted: false,
+            });
+        }
         let limit = self.limit();
-        let cap = if priority == Priority::Exempt {
-            usize::MAX
-        } else {
-            ((limit * priority.share()).floor() as usize).max(1)
-        };
+        let cap = ((limit * priority.share()).floor() as usize).max(1);
         let mut current = self.in_flight.load(Ordering::Relaxed);
         loop {
             if current >= cap {
+                self.shed_in_window.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
             match self.in_flight.compare_exchange_weak(
@@ -220,26 +239,28 @@ impl Limiter {
             limiter: self.clone(),
             started: Instant::now(),
             in_flight_at_start: current + 1,
-            measured: priority != Priority::Exempt,
+            counted: true,
         })
     }
 
-    fn release(&self, latency: Duration, in_flight_at_start: usize, measured: bool) {
+    fn release(&self, latency: Duration, in_flight_at_start: usize, counted: bool) {
+        if !counted {
+            return;
+        }
         let now_in_flight = self
             .in_flight
             .fetch_sub(1, Ordering::AcqRel)
             .saturating_sub(1);
         metrics::gauge!(IN_FLIGHT).set(now_in_flight as f64);
-        if !measured {
-            return;
-        }
         let Ok(mut w) = self.window.lock() else {
             return;
         };
         w.samples += 1;
         w.sum_us += latency.as_secs_f64() * 1e6;
         w.max_in_flight = w.max_in_flight.max(in_flight_at_start);
-        if w.samples < WINDOW_SAMPLES && w.started.elapsed() < WINDOW_TIME {
+        let full = w.samples >= WINDOW_SAMPLES
+            || (w.samples >= MIN_WINDOW_SAMPLES && w.started.elapsed() >= WINDOW_TIME);
+        if !full {
             return;
         }
         let short = w.sum_us / f64::from(w.samples.max(1));
@@ -257,12 +278,13 @@ impl Limiter {
         };
         let limit = self.limit();
         let gradient = (self.config.tolerance * w.long_us / short.max(1.0)).clamp(0.5, 1.0);
-        let mut next = limit * gradient + limit.sqrt();
-        // Growth only when the limit was actually used: an idle server
-        // learns nothing about how much it can take.
-        if (w.max_in_flight as f64) < limit / 2.0 && next > limit {
-            next = limit;
-        }
+        let next = limit * gradient + limit.sqrt();
+        // The limit moves only while it binds: some call was shed, or calls
+        // in flight reached half of it. Far below it, nothing queues behind
+        // the limit, and a quiet server learns nothing about its capacity.
+        let shed = self.shed_in_window.swap(0, Ordering::Relaxed) > 0;
+        let binding = shed || (w.max_in_flight as f64) >= limit / 2.0;
+        let next = if binding { next } else { limit };
         let smoothed = (limit * 0.8 + next * 0.2).clamp(
             self.config.min_limit.max(1) as f64,
             self.config.max_limit.max(1) as f64,
@@ -281,7 +303,8 @@ pub struct Permit {
     limiter: Arc<Limiter>,
     started: Instant,
     in_flight_at_start: usize,
-    measured: bool,
+    /// Holds a slot (every priority but exempt).
+    counted: bool,
 }
 
 impl Drop for Permit {
@@ -289,7 +312,7 @@ impl Drop for Permit {
         self.limiter.release(
             self.started.elapsed(),
             self.in_flight_at_start,
-            self.measured,
+            self.counted,
         );
     }
 }
@@ -499,8 +522,10 @@ mod tests {
             .filter_map(|_| l.try_acquire(Priority::Critical))
             .collect();
         assert_eq!(critical.len(), 8);
-        assert!(l.try_acquire(Priority::Exempt).is_some());
+        let exempt = l.try_acquire(Priority::Exempt);
+        assert!(exempt.is_some());
         assert!(l.try_acquire(Priority::Critical).is_none());
+        drop(exempt);
         drop(low);
         assert_eq!(l.in_flight(), 15);
         assert!(l.try_acquire(Priority::Low).is_none(), "still over half");
@@ -510,6 +535,8 @@ mod tests {
     }
 
     fn feed(l: &Arc<Limiter>, n: usize, latency: Duration, concurrent: usize) {
+        // Permits are released by hand with a chosen latency (and forgotten,
+        // so that their drop does not release them a second time).
         for _ in 0..n {
             let held: Vec<_> = (0..concurrent)
                 .filter_map(|_| l.try_acquire(Priority::Critical))
@@ -533,20 +560,47 @@ mod tests {
         feed(&l, 200, Duration::from_millis(2), 60);
         let grown = l.limit();
         assert!(grown > start, "{start} -> {grown}");
-        // Latency jumps tenfold (requests queue inside): shrinks within a
-        // few windows.
-        feed(&l, 25, Duration::from_millis(20), 60);
+        // Latency jumps tenfold and more calls are in flight (they queue
+        // inside): shrinks within a few windows.
+        feed(&l, 20, Duration::from_millis(20), 90);
         let shrunk = l.limit();
         assert!(shrunk < grown * 0.8, "{grown} -> {shrunk}");
         assert!(shrunk >= 32.0, "never under the minimum");
     }
 
     #[test]
-    fn an_idle_server_does_not_inflate_its_limit() {
+    fn a_quiet_server_keeps_its_limit() {
         let l = Arc::new(Limiter::new(AdmissionConfig::default()));
         let start = l.limit();
-        feed(&l, 2000, Duration::from_millis(1), 1);
-        assert!(l.limit() <= start);
+        // Light traffic, some calls slow: the limit never binds, so it
+        // neither grows nor shrinks.
+        for i in 0..5000u64 {
+            let latency = Duration::from_micros(if i % 7 == 0 { 20_000 } else { 1_000 });
+            feed(&l, 1, latency, 1);
+        }
+        assert_eq!(l.limit(), start);
+    }
+
+    #[test]
+    fn shedding_lets_a_small_share_grow_the_limit() {
+        // Only enrollment (half the limit) is busy: it can never reach half
+        // in flight by itself, but its refusals show the limit binds.
+        let l = Arc::new(Limiter::new(AdmissionConfig {
+            initial_limit: 40,
+            min_limit: 32,
+            ..Default::default()
+        }));
+        for _ in 0..400 {
+            let held: Vec<_> = (0..30)
+                .filter_map(|_| l.try_acquire(Priority::Low))
+                .collect();
+            let n = held.len();
+            for p in held {
+                l.release(Duration::from_millis(2), n, true);
+                std::mem::forget(p);
+            }
+        }
+        assert!(l.limit() > 40.0, "{}", l.limit());
     }
 
     /// An inner service whose calls finish only when told to.
@@ -614,7 +668,8 @@ mod tests {
             tokio::spawn(svc.call(request("/sesame.device.v1.DeviceService/Respond", None)));
         let health = tokio::spawn(svc.call(request("/grpc.health.v1.Health/Check", None)));
         tokio::task::yield_now().await;
-        assert_eq!(layer.limiter().expect("on").in_flight(), 4);
+        // Two enrollments and the answer hold slots; health takes none.
+        assert_eq!(layer.limiter().expect("on").in_flight(), 3);
         gate.0.add_permits(4);
         for call in [first, second, answer, health] {
             let r = call.await.expect("task").expect("response");
