@@ -4,7 +4,8 @@
 # - the Rust toolchain pinned in rust-toolchain.toml (protoc is vendored);
 # - Debian packages: a C compiler, make, pkgconf and the OpenSSL and zlib
 #   headers that librdkafka (the Kafka client, built from source by the
-#   rdkafka crate) needs (Debian's Rust images have them already), and
+#   rdkafka crate) needs (Debian's Rust images have them already), cmake
+#   (tansu's TLS dependency, aws-lc-sys, may build with it), and
 #   `prometheus` for promtool and the live Prometheus test;
 # - tansu, the Apache-Kafka-compatible broker the Kafka tests start
 #   (`cargo install tansu --locked --features dynostore`, ~15 min the first
@@ -20,7 +21,7 @@ fi
 rustup show active-toolchain >/dev/null
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
-DEBIAN_PACKAGES=(make gcc g++ pkgconf libssl-dev zlib1g-dev prometheus)
+DEBIAN_PACKAGES=(make gcc g++ cmake pkgconf libssl-dev zlib1g-dev prometheus)
 missing=()
 for p in "${DEBIAN_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
