@@ -85,6 +85,11 @@ async fn live_ready_and_metrics_after_real_traffic() {
     assert!(bad.is_err());
     // A quota refusal and a bad device signature, so those series exist too.
     h.refusal_and_bad_signature(&phone).await;
+    // A call without time left: shed by admission control before any work.
+    let mut late = h.req(Harness::login_request("late-user", ENTER, 0));
+    late.set_timeout(std::time::Duration::from_millis(1));
+    let shed = h.challenges().create_challenge(late).await;
+    assert_eq!(status_of(shed).code(), tonic::Code::DeadlineExceeded);
     // An expected storage refusal: cancelling an answered challenge.
     let late_cancel = h
         .challenges()

@@ -150,6 +150,11 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
     h.refusal_and_bad_signature(&phone).await;
+    // A call without time left: shed by admission control before any work.
+    let mut late = h.req(Harness::login_request("dash-user", ENTER, 0));
+    late.set_timeout(Duration::from_millis(1));
+    let shed = h.challenges().create_challenge(late).await;
+    assert_eq!(status_of(shed).code(), tonic::Code::DeadlineExceeded);
 
     let mut queries = dashboard_queries();
     assert!(queries.len() >= 12, "{queries:?}");
