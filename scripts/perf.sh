@@ -49,6 +49,18 @@ if [ "$which" = embedded ] || [ "$which" = all ]; then
         surge --rate 300 --factor 10 --before 10 --during 20 --after 15
     kill "$server"; wait "$server" || true
 
+    # Push bombing: the default guard (not the lenient one above), normal
+    # logins at 100/s while an attacker asks 50 times a second for one user.
+    port=$(free_port)
+    env -u SESAME_GUARD__DEFAULTS__ONE_PENDING -u SESAME_GUARD__DEFAULTS__MAX_PROMPTS SESAME_ADMIN_LISTEN="" \
+        "$target/sesame" serve --listen "127.0.0.1:$port" --data-dir "$work/embedded-bomb" &
+    pids+=($!); server=$!
+    wait_port "$port"; sleep 0.5
+    loadtest --server "http://127.0.0.1:$port" --data-dir "$work/embedded-bomb" --users 3000 --server-pid "$server" \
+        --out "$out/embedded-push-bomb.json" --chart "$out/embedded-push-bomb.svg" \
+        push-bomb --rate 100 --secs 60 --attack-rate 50
+    kill "$server"; wait "$server" || true
+
     # The same surge with admission control off, for comparison.
     port=$(free_port)
     SESAME_ADMISSION__ENABLED=false SESAME_ADMIN_LISTEN="" "$target/sesame" serve \

@@ -70,6 +70,16 @@ enum Scenario {
         #[arg(long, default_value_t = 20)]
         after: u64,
     },
+    /// Normal logins at `rate` while an attacker asks `attack_rate` times a
+    /// second for challenges to one user's phone (and never answers).
+    PushBomb {
+        #[arg(long)]
+        rate: f64,
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        #[arg(long, default_value_t = 50.0)]
+        attack_rate: f64,
+    },
     /// Steps up the rate until p99 passes the target (or logins fail or are
     /// refused above 1 %): the capacity is the last step that passed.
     Ramp {
@@ -140,6 +150,20 @@ async fn main() -> anyhow::Result<()> {
             ];
             (engine.run("surge", &phases).await, None)
         }
+        Scenario::PushBomb {
+            rate,
+            secs,
+            attack_rate,
+        } => {
+            check_rate(rate)?;
+            check_rate(attack_rate)?;
+            let (r, bomb) = engine.push_bomb(&[Phase { rate, secs }], attack_rate).await;
+            println!(
+                "push-bomb: the attacker asked {} times; {} accepted, {} refused by the guard; the phone received {} pushes",
+                bomb["attack_sent"], bomb["attack_accepted"], bomb["attack_refused_by_guard"], bomb["victim_pushes_received"]
+            );
+            (r, Some(("push_bomb", bomb)))
+        }
         Scenario::Ramp {
             start,
             step_factor,
@@ -149,7 +173,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             check_rate(start)?;
             anyhow::ensure!(step_factor > 1.0, "--step-factor must be above 1");
-            ramp(
+            let (r, extra) = ramp(
                 &engine,
                 start,
                 step_factor,
@@ -157,14 +181,15 @@ async fn main() -> anyhow::Result<()> {
                 target_p99_ms,
                 max_rate,
             )
-            .await
+            .await;
+            (r, extra.map(|e| ("ramp", e)))
         }
     };
     println!("{}", report.summary());
     if let Some(path) = &cli.out {
         let mut json = serde_json::to_value(&report)?;
-        if let (Some(extra), Some(obj)) = (extra, json.as_object_mut()) {
-            obj.insert("ramp".into(), extra);
+        if let (Some((name, extra)), Some(obj)) = (extra, json.as_object_mut()) {
+            obj.insert(name.into(), extra);
         }
         std::fs::write(path, serde_json::to_vec_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;

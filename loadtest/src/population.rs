@@ -29,7 +29,9 @@ pub struct Phone {
 /// The phones, and which of them are free to start a login.
 pub struct Population {
     pub phones: Vec<Arc<Phone>>,
-    idle: Mutex<Vec<usize>>,
+    /// First in, first out: logins rotate over every phone (and user), so
+    /// per-user limits see each user as rarely as the population allows.
+    idle: Mutex<std::collections::VecDeque<usize>>,
 }
 
 /// Streams per gRPC connection for the inboxes (servers cap concurrent
@@ -100,18 +102,18 @@ impl Population {
                 pushes: tokio::sync::Mutex::new(rx),
             }));
         }
-        let idle = Mutex::new((0..phones.len()).rev().collect());
+        let idle = Mutex::new((0..phones.len()).collect());
         Ok(Population { phones, idle })
     }
 
     /// A phone nobody is logging in with, if any.
     pub fn take(&self) -> Option<usize> {
-        self.idle.lock().ok()?.pop()
+        self.idle.lock().ok()?.pop_front()
     }
 
     pub fn give_back(&self, i: usize) {
         if let Ok(mut idle) = self.idle.lock() {
-            idle.push(i);
+            idle.push_back(i);
         }
     }
 }

@@ -137,6 +137,93 @@ impl Engine {
         }
     }
 
+    /// `push-bomb`: normal logins at `phases`, while an attacker who knows
+    /// one user's name asks for a challenge for that user `attack_rate`
+    /// times a second and never answers. Reports the normal traffic, and
+    /// what the attacked phone received.
+    pub async fn push_bomb(
+        &self,
+        phases: &[Phase],
+        attack_rate: f64,
+    ) -> (Report, serde_json::Value) {
+        let Some(victim) = self.population.take() else {
+            return (
+                self.run("push-bomb", phases).await,
+                serde_json::json!({"error": "no phone for the victim"}),
+            );
+        };
+        let phone = self.population.phones[victim].clone();
+        // Pushes left from earlier runs are not the attack's.
+        while phone.pushes.lock().await.try_recv().is_ok() {}
+        let total: u64 = phases.iter().map(|p| p.secs).sum();
+        let (channel, key, user) = (
+            self.channel.clone(),
+            self.options.api_key.clone(),
+            phone.user.clone(),
+        );
+        let attacker = tokio::spawn(async move {
+            let (mut accepted, mut guard_refused, mut other, mut sent) = (0u64, 0u64, 0u64, 0u64);
+            let start = Instant::now();
+            let end = start + Duration::from_secs(total);
+            let mut k = 0u64;
+            loop {
+                let at = start + Duration::from_secs_f64(k as f64 / attack_rate.max(0.01));
+                if at >= end {
+                    break;
+                }
+                tokio::time::sleep_until(at.into()).await;
+                k += 1;
+                sent += 1;
+                let Ok(request) = authed(
+                    &key,
+                    pb::CreateChallengeRequest {
+                        user_id: user.clone(),
+                        context: Some(types::ChallengeContext {
+                            client_name: "Attacker".into(),
+                            action: types::Action::Login as i32,
+                            ..Default::default()
+                        }),
+                        options: None,
+                    },
+                ) else {
+                    other += 1;
+                    continue;
+                };
+                match ChallengeServiceClient::new(channel.clone())
+                    .create_challenge(request)
+                    .await
+                {
+                    Ok(_) => accepted += 1,
+                    Err(s) if s.code() == Code::ResourceExhausted => guard_refused += 1,
+                    Err(_) => other += 1,
+                }
+            }
+            (sent, accepted, guard_refused, other)
+        });
+        let report = self.run("push-bomb", phases).await;
+        let (sent, accepted, guard_refused, other) = attacker.await.unwrap_or_default();
+        // Pushes still on their way.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut received = std::collections::BTreeSet::new();
+        {
+            let mut pushes = phone.pushes.lock().await;
+            while let Ok(id) = pushes.try_recv() {
+                received.insert(id);
+            }
+        }
+        self.population.give_back(victim);
+        let extra = serde_json::json!({
+            "attack_rate": attack_rate,
+            "attack_secs": total,
+            "attack_sent": sent,
+            "attack_accepted": accepted,
+            "attack_refused_by_guard": guard_refused,
+            "attack_other_errors": other,
+            "victim_pushes_received": received.len(),
+        });
+        (report, extra)
+    }
+
     /// Runs `phases` back to back and reports.
     pub async fn run(&self, scenario: &str, phases: &[Phase]) -> Report {
         let tally = Arc::new(Tally {
