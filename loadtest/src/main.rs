@@ -217,81 +217,21 @@ async fn ramp(
     target_p99_ms: f64,
     max_rate: f64,
 ) -> (Report, Option<serde_json::Value>) {
-    let mut rate = start;
-    let mut capacity = None;
     let mut steps = Vec::new();
-    let mut merged: Option<Report> = None;
-    loop {
-        let r = engine
-            .run(
-                &format!("ramp step {rate:.0}/s"),
-                &[Phase {
-                    rate,
-                    secs: step_secs,
-                }],
-            )
-            .await;
-        let p99 = r.login_ms.get(2).copied().unwrap_or(f64::INFINITY);
-        let bad = r.refused + r.failed + r.client_dropped;
-        let passed = p99 <= target_p99_ms && (bad as f64) <= 0.01 * r.offered as f64;
-        eprintln!(
-            "ramp: {rate:.0}/s -> {:.0} approved/s, p99 {p99:.1} ms, {bad} refused/failed/dropped: {}",
-            r.approved_per_sec(),
-            if passed { "pass" } else { "over" }
-        );
-        steps.push(serde_json::json!({
-            "rate": rate, "approved_per_sec": r.approved_per_sec(), "p99_ms": p99,
-            "p50_ms": r.login_ms.first().copied(),
-            "refused": r.refused, "failed": r.failed, "client_dropped": r.client_dropped,
-            "server_cpu_ms_per_login": r.server_cpu_ms_per_login,
-            "tester_cpu_ms_per_login": r.tester_cpu_ms_per_login,
-            "passed": passed,
-        }));
-        merged = Some(match merged.take() {
-            None => Report {
-                scenario: "ramp".into(),
-                ..r
-            },
-            Some(mut m) => {
-                let offset = m.seconds.len() as u64;
-                m.phases.extend(r.phases.iter().copied());
-                m.wall_secs += r.wall_secs;
-                m.offered += r.offered;
-                m.accepted += r.accepted;
-                m.refused += r.refused;
-                m.failed += r.failed;
-                m.approved += r.approved;
-                m.client_dropped += r.client_dropped;
-                for (k, v) in r.failures {
-                    *m.failures.entry(k).or_default() += v;
-                }
-                m.seconds.extend(r.seconds.into_iter().map(|mut s| {
-                    s.t += offset;
-                    s
-                }));
-                // Per step only (in the `ramp.steps` JSON): a mixed figure
-                // over steps would mean nothing.
-                m.server_cpu_ms_per_login = None;
-                m.tester_cpu_ms_per_login = None;
-                m.login_ms.clear();
-                m.create_ms.clear();
-                m.refusal_ms.clear();
-                m.retries_after_pushback += r.retries_after_pushback;
-                m.max_rss_mib = match (m.max_rss_mib, r.max_rss_mib) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    (a, b) => a.or(b),
-                };
-                m
-            }
-        });
-        if !passed {
-            break;
-        }
+    let mut rate = start;
+    let (mut merged, mut passed) =
+        ramp_step(engine, rate, step_secs, target_p99_ms, &mut steps).await;
+    merged.scenario = "ramp".into();
+    let mut capacity = None;
+    while passed {
         capacity = Some(rate);
         rate *= factor;
         if rate > max_rate {
             break;
         }
+        let (r, p) = ramp_step(engine, rate, step_secs, target_p99_ms, &mut steps).await;
+        merged.append(r);
+        passed = p;
     }
     match capacity {
         Some(c) => println!("capacity: {c:.0} logins/s with p99 under {target_p99_ms} ms"),
@@ -300,29 +240,42 @@ async fn ramp(
     let extra = serde_json::json!({
         "target_p99_ms": target_p99_ms, "capacity_per_sec": capacity, "steps": steps,
     });
-    (merged.unwrap_or_else(empty_report), Some(extra))
+    (merged, Some(extra))
 }
 
-fn empty_report() -> Report {
-    // `ramp` runs at least one step; this only satisfies the types.
-    Report {
-        scenario: "ramp".into(),
-        phases: Vec::new(),
-        wall_secs: 0.0,
-        offered: 0,
-        accepted: 0,
-        refused: 0,
-        failed: 0,
-        approved: 0,
-        client_dropped: 0,
-        login_ms: Vec::new(),
-        create_ms: Vec::new(),
-        refusal_ms: Vec::new(),
-        failures: Default::default(),
-        retries_after_pushback: 0,
-        server_cpu_ms_per_login: None,
-        tester_cpu_ms_per_login: None,
-        max_rss_mib: None,
-        seconds: Vec::new(),
-    }
+/// One step of the ramp at `rate`: its report, and whether it passed
+/// (p99 within the target, at most 1 % refused, failed or dropped).
+async fn ramp_step(
+    engine: &Engine,
+    rate: f64,
+    step_secs: u64,
+    target_p99_ms: f64,
+    steps: &mut Vec<serde_json::Value>,
+) -> (Report, bool) {
+    let r = engine
+        .run(
+            &format!("ramp step {rate:.0}/s"),
+            &[Phase {
+                rate,
+                secs: step_secs,
+            }],
+        )
+        .await;
+    let p99 = r.login_ms.get(2).copied().unwrap_or(f64::INFINITY);
+    let bad = r.refused + r.failed + r.client_dropped;
+    let passed = p99 <= target_p99_ms && (bad as f64) <= 0.01 * r.offered as f64;
+    eprintln!(
+        "ramp: {rate:.0}/s -> {:.0} approved/s, p99 {p99:.1} ms, {bad} refused/failed/dropped: {}",
+        r.approved_per_sec(),
+        if passed { "pass" } else { "over" }
+    );
+    steps.push(serde_json::json!({
+        "rate": rate, "approved_per_sec": r.approved_per_sec(), "p99_ms": p99,
+        "p50_ms": r.login_ms.first().copied(),
+        "refused": r.refused, "failed": r.failed, "client_dropped": r.client_dropped,
+        "server_cpu_ms_per_login": r.server_cpu_ms_per_login,
+        "tester_cpu_ms_per_login": r.tester_cpu_ms_per_login,
+        "passed": passed,
+    }));
+    (r, passed)
 }

@@ -59,6 +59,38 @@ pub struct Report {
 }
 
 impl Report {
+    /// Appends a later run (the next ramp step): totals add up, its seconds
+    /// follow. Percentiles and CPU per login cannot be combined from two
+    /// summaries, so they are cleared (each step keeps its own).
+    pub fn append(&mut self, r: Report) {
+        let offset = self.seconds.len() as u64;
+        self.phases.extend(r.phases.iter().copied());
+        self.wall_secs += r.wall_secs;
+        self.offered += r.offered;
+        self.accepted += r.accepted;
+        self.refused += r.refused;
+        self.failed += r.failed;
+        self.approved += r.approved;
+        self.client_dropped += r.client_dropped;
+        self.retries_after_pushback += r.retries_after_pushback;
+        for (k, v) in r.failures {
+            *self.failures.entry(k).or_default() += v;
+        }
+        self.seconds.extend(r.seconds.into_iter().map(|mut s| {
+            s.t += offset;
+            s
+        }));
+        self.server_cpu_ms_per_login = None;
+        self.tester_cpu_ms_per_login = None;
+        self.login_ms.clear();
+        self.create_ms.clear();
+        self.refusal_ms.clear();
+        self.max_rss_mib = match (self.max_rss_mib, r.max_rss_mib) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
     /// Approved logins per second over the whole run.
     pub fn approved_per_sec(&self) -> f64 {
         if self.wall_secs > 0.0 {
@@ -268,7 +300,7 @@ mod tests {
 
     #[test]
     fn chart_and_json_carry_the_run() {
-        let r = Report {
+        let mut r = Report {
             scenario: "surge <10x>".into(),
             phases: vec![(100.0, 3)],
             wall_secs: 3.0,
@@ -296,5 +328,12 @@ mod tests {
         assert_eq!(json["seconds"][2]["p99_ms"], 11.0);
         assert!(r.summary().contains("= 0.300 ms"), "{}", r.summary());
         assert!((r.approved_per_sec() - 90.0).abs() < 1e-9);
+
+        // A second step appended: totals add, seconds follow, the merged
+        // percentiles are gone (they cannot be added).
+        r.append(r.clone());
+        assert_eq!((r.offered, r.approved, r.seconds.len()), (600, 540, 6));
+        assert_eq!(r.seconds[5].t, 5);
+        assert!(r.login_ms.is_empty() && r.server_cpu_ms_per_login.is_none());
     }
 }

@@ -147,12 +147,19 @@ impl Recording {
     }
 }
 
+/// `FETCH_WAIT_MS=500 cargo bench ...` measures with another
+/// `fetch.wait.max.ms` (librdkafka's own default is 500).
 fn kafka(brokers: &str) -> KafkaConfig {
+    let defaults = KafkaConfig::default();
     KafkaConfig {
         brokers: brokers.to_owned(),
         replication_factor: 1,
         push_partitions: 12,
-        ..KafkaConfig::default()
+        fetch_wait_max_ms: std::env::var("FETCH_WAIT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(defaults.fetch_wait_max_ms),
+        ..defaults
     }
 }
 

@@ -94,16 +94,8 @@ struct Broker {
 
 impl Broker {
     fn start() -> Broker {
-        let mut b = Broker {
-            port: free_port(),
-            proc: None,
-        };
-        b.restart();
-        b
-    }
-
-    fn restart(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu_bin())
             .args([
                 "broker",
@@ -118,14 +110,17 @@ impl Broker {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn tansu");
-        self.proc = Some(Proc(child));
+        let broker = Broker {
+            port,
+            proc: Some(Proc(child)),
+        };
         for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return broker;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        panic!("tansu did not listen on port {}", self.port);
+        panic!("tansu did not listen on port {port}");
     }
 
     fn kill(&mut self) {
@@ -401,6 +396,23 @@ impl Cluster {
             .map(|r| r.into_inner().challenge.expect("challenge"))
     }
 
+    /// `n` new users each get one challenge; every push must arrive.
+    async fn pushes_arrive(self: &Arc<Self>, prefix: &str, n: usize) {
+        let phones = self.enroll_many(prefix, n).await;
+        let inboxes = Inboxes::open(&self.server.url, &phones).await;
+        let mut want = HashSet::new();
+        for i in 0..n {
+            let c = self.create(&format!("{prefix}-{i}"), 120).await;
+            want.insert(c.expect("create").challenge_id);
+        }
+        let missing = inboxes.wait_for(&want, Duration::from_secs(30)).await;
+        assert!(
+            missing.is_empty(),
+            "{} of {n} pushes did not arrive",
+            missing.len()
+        );
+    }
+
     async fn simulator_stats(&self) -> sim::SimulatorStats {
         PushGatewayClient::new(self.channel.clone())
             .get_stats(sim::GetStatsRequest {})
@@ -589,15 +601,7 @@ async fn full_logins_through_kafka_with_two_dispatcher_processes() {
 async fn sigkill_of_a_dispatcher_with_1000_challenges_in_flight_loses_no_push() {
     let cluster = Cluster::start(2, &[]).await;
     // Both dispatchers own partitions before the run starts.
-    let warm = cluster.enroll_many("warm", 8).await;
-    let warm_inboxes = Inboxes::open(&cluster.server.url, &warm).await;
-    let mut want = HashSet::new();
-    for i in 0..8 {
-        let c = cluster.create(&format!("warm-{i}"), 120).await;
-        want.insert(c.expect("create").challenge_id);
-    }
-    let missing = warm_inboxes.wait_for(&want, Duration::from_secs(30)).await;
-    assert!(missing.is_empty());
+    cluster.pushes_arrive("warm", 8).await;
 
     const N: usize = 1000;
     let phones = cluster.enroll_many("crash", N).await;
@@ -683,15 +687,7 @@ async fn sigkill_of_a_dispatcher_with_1000_challenges_in_flight_loses_no_push() 
 async fn dispatchers_stopped_and_restarted_lose_nothing_and_drop_expired_jobs() {
     let cluster = Cluster::start(2, &[]).await;
     // Some work first, so that the clean stop has offsets to commit.
-    let early = cluster.enroll_many("early", 8).await;
-    let early_inboxes = Inboxes::open(&cluster.server.url, &early).await;
-    let mut done = HashSet::new();
-    for i in 0..8 {
-        let c = cluster.create(&format!("early-{i}"), 120).await;
-        done.insert(c.expect("create").challenge_id);
-    }
-    let missing = early_inboxes.wait_for(&done, Duration::from_secs(30)).await;
-    assert!(missing.is_empty());
+    cluster.pushes_arrive("early", 8).await;
     // Stop every dispatcher cleanly.
     let running = std::mem::take(&mut *cluster.dispatchers.lock().expect("lock"));
     for mut d in running {
@@ -758,22 +754,7 @@ async fn a_poison_message_goes_to_dead_letters_and_delivery_goes_on() {
         .await
         .expect("produce poison");
     // Delivery goes on.
-    let phones = cluster.enroll_many("poison", 4).await;
-    let inboxes = Inboxes::open(&cluster.server.url, &phones).await;
-    let mut want = HashSet::new();
-    for i in 0..4 {
-        want.insert(
-            cluster
-                .create(&format!("poison-{i}"), 120)
-                .await
-                .expect("create")
-                .challenge_id,
-        );
-    }
-    assert!(inboxes
-        .wait_for(&want, Duration::from_secs(30))
-        .await
-        .is_empty());
+    cluster.pushes_arrive("poison", 4).await;
     // The poison is in the dead letters, as it was, with the reason.
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &cluster.brokers)
