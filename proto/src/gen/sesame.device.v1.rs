@@ -33,6 +33,11 @@ pub struct CompleteEnrollmentRequest {
     /// e.g. "Alice's iPhone"; optional, at most 64 bytes.
     #[prost(string, tag = "7")]
     pub display_name: ::prost::alloc::string::String,
+    /// The tenant's push app this phone's app is (its APNs bundle id or FCM
+    /// project), as the tenant's operator named it in Sesame's push_apps.
+    /// Optional when the tenant has one app for the platform.
+    #[prost(string, tag = "8")]
+    pub push_app: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

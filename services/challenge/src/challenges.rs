@@ -339,6 +339,7 @@ impl Creator {
                 challenge_id: challenge.id.clone(),
                 platform: d.platform,
                 push_token: d.push_token.clone(),
+                push_app: d.push_app.clone(),
                 expires_at: challenge.expires_at,
                 enqueued_at: now,
                 attempt: 0,

@@ -180,6 +180,7 @@ impl SimDevice {
                 push_token: push_token.to_owned(),
                 proof,
                 display_name: display_name.to_owned(),
+                push_app: String::new(),
             })
             .await?
             .into_inner();

@@ -206,7 +206,7 @@ impl Dispatcher {
         let Ok(_slot) = sending.acquire().await else {
             return;
         };
-        let provider = self.provider.name();
+        let provider = self.provider.provider_for(&job);
         loop {
             let now = now_ms();
             if now >= job.expires_at {
@@ -230,6 +230,13 @@ impl Dispatcher {
                         device_id: job.device_id.clone(),
                         push_token: job.push_token.clone(),
                     });
+                    break;
+                }
+                PushOutcome::Misconfigured { reason } => {
+                    metrics::push(provider, "misconfigured");
+                    if !self.fail(&job, &format!("misconfigured: {reason}")).await {
+                        return;
+                    }
                     break;
                 }
                 PushOutcome::Failed { reason } => {
@@ -274,8 +281,9 @@ impl Dispatcher {
     /// not be stored: the caller then leaves the job unacknowledged.
     async fn fail(&self, job: &PushJob, reason: &str) -> bool {
         self.stats.failed.fetch_add(1, Ordering::Relaxed);
-        metrics::push(self.provider.name(), "failed");
-        tracing::warn!(%reason, provider = self.provider.name(), device_id = %job.device_id, "push failed");
+        let provider = self.provider.provider_for(job);
+        metrics::push(provider, "failed");
+        tracing::warn!(%reason, provider, device_id = %job.device_id, "push failed");
         match self.queue.publish_dead_letter(job, reason).await {
             Ok(()) => true,
             Err(e) => {
@@ -319,6 +327,7 @@ mod tests {
             challenge_id: ChallengeId::generate(),
             platform: Platform::Ios,
             push_token: "tok".into(),
+            push_app: String::new(),
             expires_at: now_ms() + expires_in,
             enqueued_at: now_ms(),
             attempt: 0,

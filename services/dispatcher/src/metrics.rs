@@ -1,6 +1,8 @@
 //! The dispatcher's metric names, all here.
 
-/// `sesame_pushes_total{provider, outcome}`: delivered, dead_token, retry, failed, expired_dropped.
+/// `sesame_pushes_total{provider, outcome}`: delivered, dead_token, retry,
+/// failed, expired_dropped, and misconfigured (also counted as failed: the
+/// tenant's push credentials or app settings are refused).
 pub const PUSHES: &str = "sesame_pushes_total";
 /// `sesame_push_delivery_seconds{provider}`: from queueing to the provider's acceptance.
 pub const PUSH_DELIVERY: &str = "sesame_push_delivery_seconds";

@@ -325,6 +325,7 @@ async fn run(n_dispatchers: usize) {
                     challenge_id: ChallengeId::generate(),
                     platform: Platform::Android,
                     push_token: format!("tok-{}", i % USERS),
+                    push_app: String::new(),
                     expires_at: now_ms() + 600_000,
                     enqueued_at: now_ms(),
                     attempt: 0,

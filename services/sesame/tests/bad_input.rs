@@ -214,6 +214,7 @@ fn enrollment_request(
         push_token: push.into(),
         proof,
         display_name: "phone".into(),
+        push_app: String::new(),
     }
 }
 

@@ -8,6 +8,7 @@ use sesame_core::model::{
     Challenge, Decision, DenyReason, Device, NumberMatchMode, Outcome, Resolution,
 };
 use sesame_core::payload::{device_request_payload, enrollment_payload, AnswerPayload};
+use sesame_core::push_apps::PushAppCatalog;
 use sesame_core::time::now_ms;
 use sesame_core::{number_match, validate, ChallengeId, DeviceId};
 use sesame_grpc::{convert, ApiError};
@@ -26,6 +27,7 @@ pub struct DeviceApi {
     guard: Arc<UserGuard>,
     replay: Arc<ReplayGuard>,
     max_devices_per_user: usize,
+    push_apps: Arc<PushAppCatalog>,
 }
 
 /// Method names inside signed device requests (part of the protocol).
@@ -94,7 +96,14 @@ impl DeviceApi {
             guard,
             replay,
             max_devices_per_user,
+            push_apps: Arc::new(PushAppCatalog::default()),
         }
+    }
+
+    /// The push apps a device may be enrolled through (none: the built-in simulator).
+    pub fn with_push_apps(mut self, catalog: PushAppCatalog) -> Self {
+        self.push_apps = Arc::new(catalog);
+        self
     }
 
     fn device_key(device: &Device) -> Result<PublicKey, ApiError> {
@@ -217,6 +226,13 @@ impl DeviceApi {
                 "enrollment token has expired: ask the service for a new QR code".into(),
             ));
         }
+        if req.push_app.len() > 64 {
+            return Err(ApiError::invalid("push_app", "is at most 64 characters"));
+        }
+        let push_app = self
+            .push_apps
+            .resolve(&ticket.tenant_id, platform, &req.push_app)
+            .map_err(|e| ApiError::invalid("push_app", e))?;
         let message = enrollment_payload(
             &req.enrollment_token,
             alg,
@@ -240,6 +256,7 @@ impl DeviceApi {
             key_algorithm: alg,
             public_key: req.public_key,
             push_token: req.push_token,
+            push_app,
             push_enabled: true,
             enrolled_at: now,
             revoked_at: None,

@@ -9,6 +9,7 @@ pub mod limits;
 pub mod model;
 pub mod number_match;
 pub mod payload;
+pub mod push_apps;
 pub mod time;
 pub mod validate;
 

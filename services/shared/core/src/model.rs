@@ -66,6 +66,10 @@ pub struct Device {
     pub key_algorithm: KeyAlgorithm,
     pub public_key: Vec<u8>,
     pub push_token: String,
+    /// The tenant's push app the device was enrolled through (its APNs or
+    /// FCM credentials); empty with the built-in simulator.
+    #[serde(default)]
+    pub push_app: String,
     /// False once the provider reported the token dead; a new token re-enables it.
     pub push_enabled: bool,
     pub enrolled_at: UnixMillis,

@@ -30,6 +30,10 @@ pub struct PushJob {
     pub challenge_id: ChallengeId,
     pub platform: Platform,
     pub push_token: String,
+    /// The tenant's push app (credentials) to send through; empty with the
+    /// built-in simulator.
+    #[serde(default)]
+    pub push_app: String,
     /// The challenge's expiry: a job still queued after it is dropped, not sent.
     pub expires_at: UnixMillis,
     pub enqueued_at: UnixMillis,

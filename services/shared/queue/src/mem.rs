@@ -191,6 +191,7 @@ mod tests {
             challenge_id: ChallengeId::generate(),
             platform: Platform::Android,
             push_token: "x".into(),
+            push_app: String::new(),
             expires_at: 0,
             enqueued_at: 0,
             attempt: 0,

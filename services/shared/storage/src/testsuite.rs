@@ -35,6 +35,7 @@ pub fn device(tenant: &TenantId, user: &str, enrolled_at: i64) -> Device {
         key_algorithm: KeyAlgorithm::EcdsaP256Sha256,
         public_key: vec![4; 65],
         push_token: "tok".into(),
+        push_app: String::new(),
         push_enabled: true,
         enrolled_at,
         revoked_at: None,
