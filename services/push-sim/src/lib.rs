@@ -18,6 +18,7 @@
 //!   where simulated phones read them.
 
 pub mod apns;
+pub mod bundle;
 pub mod control;
 pub mod credentials;
 pub mod fcm;

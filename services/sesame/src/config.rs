@@ -42,8 +42,12 @@ pub struct Config {
     pub max_devices_per_user: usize,
     /// Hours a challenge (and its verdict) is kept after it expires.
     pub challenge_retention_hours: u64,
-    /// `simulator`: the built-in simulated provider.
+    /// `simulator`: the built-in simulated provider; `apns_fcm`: the real
+    /// APNs and FCM clients, with each tenant's credentials in `push_apps`.
     pub push_provider: String,
+    /// `[push_apps.<app id>]`: one tenant's app on one platform, with its
+    /// APNs key or FCM service account (see `sesame_push::apps`).
+    pub push_apps: BTreeMap<String, sesame_push::apps::PushAppConfig>,
     /// Where a dispatcher sends simulated pushes: empty for this process's
     /// own simulator, or the URL of the process that serves it
     /// (`sesame.simulator.v1.PushGateway`), so that dispatchers in other
@@ -178,6 +182,7 @@ impl Default for Config {
             max_devices_per_user: sesame_core::limits::MAX_DEVICES_PER_USER,
             challenge_retention_hours: 24,
             push_provider: "simulator".into(),
+            push_apps: BTreeMap::new(),
             simulator_url: String::new(),
             watch_resync_ms: 5_000,
             shutdown_grace_seconds: 10,
@@ -261,8 +266,14 @@ impl Config {
             );
         }
         anyhow::ensure!(
-            self.push_provider == "simulator",
-            "push_provider = {:?}: only \"simulator\" is available",
+            matches!(self.push_provider.as_str(), "simulator" | "apns_fcm"),
+            "push_provider = {:?}: \"simulator\" (built in) or \"apns_fcm\" (real clients, credentials in push_apps)",
+            self.push_provider
+        );
+        sesame_push::apps::catalog(&self.push_apps).map_err(|e| anyhow::anyhow!(e))?;
+        anyhow::ensure!(
+            self.push_provider == "apns_fcm" || self.push_apps.is_empty(),
+            "push_apps are configured but push_provider = {:?}: set push_provider = \"apns_fcm\"",
             self.push_provider
         );
         anyhow::ensure!(

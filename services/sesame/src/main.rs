@@ -41,6 +41,23 @@ enum Command {
         #[arg(long)]
         roles: Option<String>,
     },
+    /// Run the APNs and FCM simulators (TLS, HTTP/2) and the phones' push
+    /// inbox; write their CA, an APNs .p8 key, an FCM service-account file and
+    /// the `push_apps` configuration for `serve` into --dir.
+    SimulatePush {
+        #[arg(long, default_value = "sesame-push-sim")]
+        dir: PathBuf,
+        /// The tenant the two simulated apps (`<tenant>-ios`, `<tenant>-android`) belong to.
+        #[arg(long, default_value = "dev")]
+        tenant: String,
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        apns_listen: String,
+        #[arg(long, default_value = "127.0.0.1:8444")]
+        fcm_listen: String,
+        /// gRPC `sesame.simulator.v1.PushInbox`, where simulated phones read their pushes.
+        #[arg(long, default_value = "127.0.0.1:50070")]
+        inbox_listen: String,
+    },
     /// Run one whole login (tenant + simulated phone) against a server; exit 0 on APPROVED.
     Demo {
         #[arg(long, default_value = DEFAULT_SERVER)]
@@ -228,6 +245,41 @@ async fn real_main() -> anyhow::Result<ExitCode> {
             data_dir,
             roles,
         } => serve(config, listen, data_dir, roles).await,
+        Command::SimulatePush {
+            dir,
+            tenant,
+            apns_listen,
+            fcm_listen,
+            inbox_listen,
+        } => {
+            let bundle =
+                sesame_push_sim::bundle::Bundle::start(&dir, &tenant, &apns_listen, &fcm_listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?;
+            let inbox = sesame_proto::simulator::v1::push_inbox_server::PushInboxServer::new(
+                sesame::inbox::InboxApi::new(
+                    bundle.control.inbox.clone(),
+                    sesame_challenge::Shutdown::never(),
+                ),
+            );
+            let addr: std::net::SocketAddr = inbox_listen
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--inbox-listen {inbox_listen:?}: {e}"))?;
+            println!("APNs simulator: {}", bundle.apns.url());
+            println!("FCM simulator:  {}", bundle.fcm.url());
+            println!("phone inbox:    http://{addr} (sesame.simulator.v1.PushInbox)");
+            println!(
+                "Sesame config:  {} (add it to serve's --config)",
+                dir.join("push-apps.toml").display()
+            );
+            tonic::transport::Server::builder()
+                .add_service(inbox)
+                .serve_with_shutdown(addr, async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo {
             server,
             api_key,

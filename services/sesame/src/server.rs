@@ -287,18 +287,24 @@ impl Sesame {
             (None, None)
         };
 
+        // Checked by Config::validate already; an error here is a bug.
+        let push_catalog =
+            sesame_push::apps::catalog(&config.push_apps).map_err(|e| anyhow::anyhow!(e))?;
         let device = roles.verifier.then(|| {
             let replay = Arc::new(ReplayGuard::new(
                 Duration::from_millis(sesame_core::limits::MAX_CLOCK_SKEW_MS as u64),
                 1_000_000,
             ));
-            DeviceServiceServer::new(DeviceApi::new(
-                storage.clone(),
-                queue.clone(),
-                guard.clone(),
-                replay,
-                config.max_devices_per_user,
-            ))
+            DeviceServiceServer::new(
+                DeviceApi::new(
+                    storage.clone(),
+                    queue.clone(),
+                    guard.clone(),
+                    replay,
+                    config.max_devices_per_user,
+                )
+                .with_push_apps(push_catalog.clone()),
+            )
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
         });
         if device.is_some() {
@@ -322,7 +328,13 @@ impl Sesame {
         let dispatcher_done = if roles.dispatcher {
             // Pushes go to this process's simulator, or to the one named by
             // `simulator_url` (another process's PushGateway).
-            let provider: Arc<dyn sesame_push::PushProvider> = if config.simulator_url.is_empty() {
+            let provider: Arc<dyn sesame_push::PushProvider> = if config.push_provider == "apns_fcm"
+            {
+                let apps = sesame_push::apps::PushApps::from_config(&config.push_apps)
+                    .context("push_apps")?;
+                tracing::info!(apps = apps.len(), "pushes go through APNs and FCM");
+                Arc::new(apps)
+            } else if config.simulator_url.is_empty() {
                 simulator.clone()
             } else {
                 Arc::new(crate::inbox::RemoteSimulator::new(&config.simulator_url)?)

@@ -49,6 +49,7 @@ pub fn prometheus() -> Option<PrometheusHandle> {
             sesame_challenge::metrics::describe();
             sesame_verifier::metrics::describe();
             sesame_dispatcher::metrics::describe();
+            sesame_push::metrics::describe();
             sesame_storage::metered::describe();
             sesame_queue::metrics::describe();
             // Histograms are drained only by rendering or upkeep: without a
