@@ -17,6 +17,10 @@ struct Cli {
     /// The Sesame gRPC endpoint (tenant API, device API and the simulator's inbox).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     server: String,
+    /// The phones' push inbox when pushes go through APNs/FCM (`sesame
+    /// simulate-push` serves it); default: the server's built-in simulator.
+    #[arg(long)]
+    inbox: Option<String>,
     /// Tenant API key; default: `<data-dir>/dev-tenant.key`.
     #[arg(long, env = "SESAME_API_KEY")]
     api_key: Option<String>,
@@ -112,7 +116,9 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(cli.users >= 1, "--users must be at least 1");
     let prefix = format!("lt{}", std::process::id());
     eprintln!("enrolling {} simulated phones...", cli.users);
-    let population = Population::enroll(&cli.server, &api_key, &prefix, cli.users, 32).await?;
+    let inbox = cli.inbox.clone().unwrap_or_else(|| cli.server.clone());
+    let population =
+        Population::enroll_at(&cli.server, &inbox, &api_key, &prefix, cli.users, 32).await?;
     let channel = sesame_device_sim::connect(&cli.server).await?;
     let engine = Engine::new(
         channel,

@@ -48,6 +48,20 @@ impl Population {
         n: usize,
         parallel: usize,
     ) -> anyhow::Result<Population> {
+        Self::enroll_at(url, url, api_key, prefix, n, parallel).await
+    }
+
+    /// Like [`Population::enroll`], with the phones' push inboxes at
+    /// `inbox_url` (`sesame simulate-push`, when pushes go through the
+    /// APNs/FCM simulators).
+    pub async fn enroll_at(
+        url: &str,
+        inbox_url: &str,
+        api_key: &str,
+        prefix: &str,
+        n: usize,
+        parallel: usize,
+    ) -> anyhow::Result<Population> {
         let channel = sesame_device_sim::connect(url)
             .await
             .with_context(|| format!("connecting to {url}"))?;
@@ -79,7 +93,7 @@ impl Population {
         let mut inbox_channel = None;
         for (i, (_, user, device)) in all.into_iter().enumerate() {
             if i % STREAMS_PER_CONNECTION == 0 {
-                inbox_channel = Some(sesame_device_sim::connect(url).await?);
+                inbox_channel = Some(sesame_device_sim::connect(inbox_url).await?);
             }
             let channel = inbox_channel.clone().context("inbox connection")?;
             let (tx, rx) = mpsc::channel(16);

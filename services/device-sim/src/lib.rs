@@ -337,7 +337,13 @@ impl SimDevice {
 
     /// Opens this phone's push inbox on the built-in simulator.
     pub async fn push_inbox(&self) -> Result<tonic::Streaming<sim::Push>> {
-        Ok(PushInboxClient::new(self.channel.clone())
+        self.push_inbox_at(self.channel.clone()).await
+    }
+
+    /// Opens this phone's push inbox on another process (`sesame
+    /// simulate-push`, where the APNs and FCM simulators deliver).
+    pub async fn push_inbox_at(&self, channel: Channel) -> Result<tonic::Streaming<sim::Push>> {
+        Ok(PushInboxClient::new(channel)
             .subscribe(sim::SubscribeRequest {
                 push_token: self.identity.push_token.clone(),
             })

@@ -49,8 +49,10 @@ pub struct ApnsSimulator {
 
 #[derive(Default)]
 pub struct ConnAuth {
-    /// The accepted token on this connection: (jwt, team, kid, accepted at).
-    current: Mutex<Option<(String, String, String, i64)>>,
+    /// The accepted token on this connection: (jwt, team, kid, accepted
+    /// at, its iat, its key's topics).
+    #[allow(clippy::type_complexity)]
+    current: Mutex<Option<(String, String, String, i64, i64, Vec<String>)>>,
 }
 
 impl ApnsSimulator {
@@ -88,6 +90,18 @@ impl ApnsSimulator {
             .or_else(|| auth.strip_prefix("Bearer "))
             .ok_or((403, "MissingProviderToken"))?;
         let invalid = (403, "InvalidProviderToken");
+        // The token this connection already accepted is not verified again
+        // (its signature cannot have changed), only its age.
+        if let Ok(cur) = conn.current.lock() {
+            if let Some((j, _, _, _, iat, topics)) = cur.as_ref() {
+                if j == jwt {
+                    if self.control.now() - iat * 1000 > TOKEN_MAX_AGE_MS {
+                        return Err((403, "ExpiredProviderToken"));
+                    }
+                    return Ok(topics.clone());
+                }
+            }
+        }
         let parts: Vec<&str> = jwt.split('.').collect();
         let [h, c, s] = parts.as_slice() else {
             return Err(invalid);
@@ -123,24 +137,24 @@ impl ApnsSimulator {
             return Err((403, "ExpiredProviderToken"));
         }
         let mut cur = conn.current.lock().map_err(|_| invalid)?;
-        match cur.as_ref() {
-            Some((j, _, _, _)) if j == jwt => {}
-            Some((_, team, k, at)) => {
-                if team != iss {
-                    return Err((403, "UnrelatedKeyIdInToken"));
-                }
-                let _ = k;
-                if now - at < TOKEN_MIN_INTERVAL_MS {
-                    return Err((429, "TooManyProviderTokenUpdates"));
-                }
-                *cur = Some((jwt.to_owned(), iss.to_owned(), kid.to_owned(), now));
-                self.control.count_event("provider_token_accepted");
+        let accepted = Some((
+            jwt.to_owned(),
+            iss.to_owned(),
+            kid.to_owned(),
+            now,
+            iat,
+            key.topics.clone(),
+        ));
+        if let Some((_, team, _, at, _, _)) = cur.as_ref() {
+            if team != iss {
+                return Err((403, "UnrelatedKeyIdInToken"));
             }
-            None => {
-                *cur = Some((jwt.to_owned(), iss.to_owned(), kid.to_owned(), now));
-                self.control.count_event("provider_token_accepted");
+            if now - at < TOKEN_MIN_INTERVAL_MS {
+                return Err((429, "TooManyProviderTokenUpdates"));
             }
         }
+        *cur = accepted;
+        self.control.count_event("provider_token_accepted");
         Ok(key.topics.clone())
     }
 

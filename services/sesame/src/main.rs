@@ -70,6 +70,10 @@ enum Command {
         /// Seconds to wait for the verdict.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
+        /// The phone's push inbox when pushes go through APNs/FCM, e.g. the
+        /// one `sesame simulate-push` serves (`http://127.0.0.1:50070`).
+        #[arg(long)]
+        inbox: Option<String>,
     },
     /// Tenant side: start enrolling a phone for a user (prints the QR URI).
     Enroll {
@@ -285,6 +289,7 @@ async fn real_main() -> anyhow::Result<ExitCode> {
             api_key,
             data_dir,
             timeout,
+            inbox,
         } => {
             let api_key = cli::resolve_api_key(api_key.as_deref(), &data_dir)?;
             let status = cli::demo::run(&cli::demo::DemoOptions {
@@ -292,6 +297,7 @@ async fn real_main() -> anyhow::Result<ExitCode> {
                 api_key,
                 timeout: Duration::from_secs(timeout),
                 verbose: true,
+                inbox,
             })
             .await?;
             println!("verdict: {}", status.as_str().to_uppercase());

@@ -21,6 +21,9 @@ pub struct DemoOptions {
     pub timeout: Duration,
     /// Print each step.
     pub verbose: bool,
+    /// Where the phone reads pushes when they go through APNs/FCM
+    /// (`sesame simulate-push`'s inbox); `None`: the server's own simulator.
+    pub inbox: Option<String>,
 }
 
 /// Runs the demo login; returns the final status.
@@ -67,7 +70,13 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<ChallengeStatus> {
         "phone:  enrolled as {} (ECDSA P-256 key)",
         device.device_id()
     ));
-    let mut inbox = device.push_inbox().await.ok();
+    let mut inbox = match &opts.inbox {
+        None => device.push_inbox().await.ok(),
+        Some(url) => match sesame_device_sim::connect(url).await {
+            Ok(ch) => device.push_inbox_at(ch).await.ok(),
+            Err(_) => None,
+        },
+    };
 
     let mut tenant = ChallengeServiceClient::new(channel.clone());
     let created = tenant
