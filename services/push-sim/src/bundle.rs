@@ -37,6 +37,8 @@ impl Bundle {
         fcm_listen: &str,
     ) -> Result<Bundle, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        // Absolute paths in the written config: `serve` may run elsewhere.
+        let dir = &std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let write = |name: &str, text: &str| -> Result<String, String> {
             let p = dir.join(name);
             std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
