@@ -12,7 +12,7 @@ use bytes::Bytes;
 use p256::ecdsa::signature::Verifier;
 use sesame_push::SimulatedPush;
 
-use crate::control::{DeviceState, Fault, Recorded, SimControl};
+use crate::control::{DeviceState, Recorded, SimControl};
 use crate::credentials::ApnsKeyMaterial;
 use crate::server::{empty_response, json_response, serve, BoxFut, ConnAction, Handler, Reply};
 use crate::tls::SimTls;
@@ -65,9 +65,11 @@ impl ApnsSimulator {
             keys: RwLock::new(Vec::new()),
             control,
         });
-        let running = serve(listen, tls.server_config(&[b"h2"])?, sim.clone())
+        let cannot = |e: std::io::Error| format!("APNs simulator cannot listen on {listen}: {e}");
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .map_err(|e| format!("APNs simulator cannot listen on {listen}: {e}"))?;
+            .map_err(cannot)?;
+        let running = serve(listener, tls.server_config(&[b"h2"])?, sim.clone()).map_err(cannot)?;
         Ok((running, sim))
     }
 
@@ -299,30 +301,9 @@ impl Handler for ApnsSimulator {
                 .strip_prefix("/3/device/")
                 .unwrap_or("")
                 .to_owned();
-            let mut then = ConnAction::Keep;
-            let mut forced = None;
-            for f in self.control.take_faults(&token) {
-                match f {
-                    Fault::Latency(d) => tokio::time::sleep(d).await,
-                    Fault::Status {
-                        status,
-                        retry_after,
-                    } => forced = Some((status, retry_after)),
-                    Fault::Reset => then = ConnAction::Reset,
-                    Fault::GoAway => then = ConnAction::GoAway,
-                }
-            }
-            let record = |status: u16, reason: &str| Recorded {
-                path: req.uri().path().to_owned(),
-                headers: req
-                    .headers()
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
-                    .collect(),
-                body: req.body().to_vec(),
-                status,
-                reason: reason.to_owned(),
-            };
+            let faults = self.control.apply_faults(&token).await;
+            let record = |status: u16, reason: &str| Recorded::of(&req, status, reason);
+            let then = faults.action();
             if then == ConnAction::Reset {
                 self.control.record(record(0, "reset"));
                 return Reply {
@@ -330,7 +311,7 @@ impl Handler for ApnsSimulator {
                     then,
                 };
             }
-            if let Some((status, retry_after)) = forced {
+            if let Some((status, retry_after)) = faults.status {
                 let reason = fault_reason(status);
                 self.control.record(record(status, reason));
                 let mut headers = vec![];

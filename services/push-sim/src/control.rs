@@ -64,6 +64,47 @@ pub struct Recorded {
     pub reason: String,
 }
 
+impl Recorded {
+    pub(crate) fn of(req: &http::Request<bytes::Bytes>, status: u16, reason: &str) -> Recorded {
+        Recorded {
+            path: req.uri().path().to_owned(),
+            headers: req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                .collect(),
+            body: req.body().to_vec(),
+            status,
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+/// What the faults for one request add up to: any latency is already
+/// slept; the rest is for the handler to act on.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    /// Drop the connection under the request.
+    pub reset: bool,
+    pub goaway: bool,
+    /// Answer with this status and `Retry-After` instead.
+    pub status: Option<(u16, Option<u64>)>,
+}
+
+impl Applied {
+    /// What happens to the connection after this request.
+    pub fn action(&self) -> crate::server::ConnAction {
+        use crate::server::ConnAction;
+        if self.reset {
+            ConnAction::Reset
+        } else if self.goaway {
+            ConnAction::GoAway
+        } else {
+            ConnAction::Keep
+        }
+    }
+}
+
 pub const RECENT: usize = 256;
 
 #[derive(Default)]
@@ -133,6 +174,23 @@ impl SimControl {
         }
         rules.retain(|r| r.times != Some(0));
         out
+    }
+
+    /// Sleeps the injected latency of this request's faults and returns the rest.
+    pub(crate) async fn apply_faults(&self, token: &str) -> Applied {
+        let mut applied = Applied::default();
+        for f in self.take_faults(token) {
+            match f {
+                Fault::Latency(d) => tokio::time::sleep(d).await,
+                Fault::Status {
+                    status,
+                    retry_after,
+                } => applied.status = Some((status, retry_after)),
+                Fault::Reset => applied.reset = true,
+                Fault::GoAway => applied.goaway = true,
+            }
+        }
+        applied
     }
 
     /// Moves the simulator's clock (to test token ages without waiting).

@@ -17,7 +17,7 @@ use rsa::signature::Verifier;
 use sesame_push::SimulatedPush;
 use sha2::Sha256;
 
-use crate::control::{DeviceState, Fault, Recorded, SimControl};
+use crate::control::{DeviceState, Recorded, SimControl};
 use crate::credentials::FcmAccountMaterial;
 use crate::server::{json_response, serve, BoxFut, ConnAction, Handler, Reply};
 use crate::tls::SimTls;
@@ -50,10 +50,11 @@ impl FcmSimulator {
         control: Arc<SimControl>,
     ) -> Result<(Running, Arc<FcmSimulator>), String> {
         // Bound first: the token URI in key files names the port.
-        let probe = std::net::TcpListener::bind(listen)
-            .map_err(|e| format!("FCM simulator cannot listen on {listen}: {e}"))?;
-        let addr = probe.local_addr().map_err(|e| e.to_string())?;
-        drop(probe);
+        let cannot = |e: std::io::Error| format!("FCM simulator cannot listen on {listen}: {e}");
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(cannot)?;
+        let addr = listener.local_addr().map_err(cannot)?;
         let sim = Arc::new(FcmSimulator {
             accounts: RwLock::new(Vec::new()),
             tokens: RwLock::new(HashMap::new()),
@@ -61,9 +62,7 @@ impl FcmSimulator {
             url: format!("https://{addr}"),
             control,
         });
-        let running = serve(&addr.to_string(), tls.server_config(&[b"h2"])?, sim.clone())
-            .await
-            .map_err(|e| format!("FCM simulator cannot listen on {addr}: {e}"))?;
+        let running = serve(listener, tls.server_config(&[b"h2"])?, sim.clone()).map_err(cannot)?;
         Ok((running, sim))
     }
 
@@ -433,17 +432,7 @@ impl Handler for FcmSimulator {
     fn handle<'a>(&'a self, req: http::Request<Bytes>, _conn: &'a ()) -> BoxFut<'a, Reply> {
         Box::pin(async move {
             let path = req.uri().path().to_owned();
-            let record = |status: u16, reason: &str| Recorded {
-                path: path.clone(),
-                headers: req
-                    .headers()
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
-                    .collect(),
-                body: req.body().to_vec(),
-                status,
-                reason: reason.to_owned(),
-            };
+            let record = |status: u16, reason: &str| Recorded::of(&req, status, reason);
             if path == "/token" && req.method() == http::Method::POST {
                 let (status, body) = self.oauth(req.body());
                 return Reply {
@@ -470,19 +459,8 @@ impl Handler for FcmSimulator {
                 .ok()
                 .and_then(|v| v["message"]["token"].as_str().map(str::to_owned))
                 .unwrap_or_default();
-            let mut then = ConnAction::Keep;
-            let mut forced = None;
-            for f in self.control.take_faults(&token) {
-                match f {
-                    Fault::Latency(d) => tokio::time::sleep(d).await,
-                    Fault::Status {
-                        status,
-                        retry_after,
-                    } => forced = Some((status, retry_after)),
-                    Fault::Reset => then = ConnAction::Reset,
-                    Fault::GoAway => then = ConnAction::GoAway,
-                }
-            }
+            let faults = self.control.apply_faults(&token).await;
+            let then = faults.action();
             if then == ConnAction::Reset {
                 self.control.record(record(0, "reset"));
                 return Reply {
@@ -490,7 +468,7 @@ impl Handler for FcmSimulator {
                     then,
                 };
             }
-            if let Some((status, retry_after)) = forced {
+            if let Some((status, retry_after)) = faults.status {
                 let (st, code) = match status {
                     429 => ("RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED"),
                     500 => ("INTERNAL", "INTERNAL"),

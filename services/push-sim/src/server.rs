@@ -58,12 +58,11 @@ impl Drop for Running {
 /// Bodies larger than this are cut off (a real provider refuses long before).
 const MAX_BODY: usize = 64 * 1024;
 
-pub async fn serve<H: Handler>(
-    listen: &str,
+pub fn serve<H: Handler>(
+    listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     handler: Arc<H>,
 ) -> std::io::Result<Running> {
-    let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let task = tokio::spawn(async move {

@@ -42,7 +42,6 @@ fn job(platform: Platform, token: &str) -> PushJob {
 
 struct Apns {
     _running: Running,
-    sim: Arc<ApnsSimulator>,
     control: Arc<SimControl>,
     key: ApnsKeyMaterial,
     tls: SimTls,
@@ -61,7 +60,6 @@ impl Apns {
         let url = running.url();
         Apns {
             _running: running,
-            sim,
             control,
             key,
             tls,
@@ -69,28 +67,37 @@ impl Apns {
         }
     }
 
-    fn client_with(&self, topic: &str, alert: AlertText, connections: usize) -> ApnsClient {
-        ApnsClient::new(ApnsConfig {
+    /// A client configuration signing with `key` and trusting the simulator's CA.
+    fn config(&self, key: &ApnsKeyMaterial) -> ApnsConfig {
+        ApnsConfig {
             base_url: self.url.clone(),
-            topic: topic.into(),
+            topic: TOPIC.into(),
             auth: ApnsAuth::Token {
-                p8_pem: self.key.p8_pem.clone(),
-                key_id: self.key.key_id.clone(),
-                team_id: self.key.team_id.clone(),
+                p8_pem: key.p8_pem.clone(),
+                key_id: key.key_id.clone(),
+                team_id: key.team_id.clone(),
             },
             tls: TlsOptions {
                 extra_ca_pem: Some(self.tls.ca_pem.clone()),
                 client_identity_pem: None,
             },
-            connections,
+            connections: 1,
             request_timeout: Duration::from_secs(5),
+            alert: AlertText::default(),
+        }
+    }
+
+    fn client_with(&self, topic: &str, alert: AlertText) -> ApnsClient {
+        ApnsClient::new(ApnsConfig {
+            topic: topic.into(),
             alert,
+            ..self.config(&self.key)
         })
         .unwrap()
     }
 
     fn client(&self) -> ApnsClient {
-        self.client_with(TOPIC, AlertText::default(), 1)
+        self.client_with(TOPIC, AlertText::default())
     }
 }
 
@@ -322,7 +329,6 @@ async fn apns_simulator_enforces_the_20_minute_rule_per_connection() {
     let r = send("a.b.c".into()).await.unwrap();
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("InvalidProviderToken"));
-    let _ = &a.sim;
 }
 
 #[tokio::test]
@@ -332,7 +338,7 @@ async fn apns_oversized_payload_is_refused_before_sending_and_by_the_simulator()
         body: "x".repeat(5000),
         ..AlertText::default()
     };
-    let c = a.client_with(TOPIC, alert, 1);
+    let c = a.client_with(TOPIC, alert);
     match c.send(&job(Platform::Ios, GOOD), now_ms()).await {
         PushOutcome::Failed { reason } => assert!(reason.contains("4096"), "{reason}"),
         other => panic!("{other:?}"),
@@ -344,7 +350,7 @@ async fn apns_oversized_payload_is_refused_before_sending_and_by_the_simulator()
 async fn apns_wrong_topic_or_key_is_a_configuration_alarm() {
     let a = Apns::start().await;
     match a
-        .client_with("com.other.app", AlertText::default(), 1)
+        .client_with("com.other.app", AlertText::default())
         .send(&job(Platform::Ios, GOOD), now_ms())
         .await
     {
@@ -355,20 +361,8 @@ async fn apns_wrong_topic_or_key_is_a_configuration_alarm() {
     }
     let stranger = ApnsKeyMaterial::generate("OTHER12345", "TEAM123456");
     let c = ApnsClient::new(ApnsConfig {
-        base_url: a.url.clone(),
-        topic: TOPIC.into(),
-        auth: ApnsAuth::Token {
-            p8_pem: stranger.p8_pem,
-            key_id: stranger.key_id,
-            team_id: stranger.team_id,
-        },
-        tls: TlsOptions {
-            extra_ca_pem: Some(a.tls.ca_pem.clone()),
-            client_identity_pem: None,
-        },
         connections: 2,
-        request_timeout: Duration::from_secs(5),
-        alert: AlertText::default(),
+        ..a.config(&stranger)
     })
     .unwrap();
     match c.send(&job(Platform::Ios, GOOD), now_ms()).await {
@@ -379,17 +373,8 @@ async fn apns_wrong_topic_or_key_is_a_configuration_alarm() {
     }
     // A simulator whose CA is not trusted is not talked to at all.
     let untrusting = ApnsClient::new(ApnsConfig {
-        base_url: a.url.clone(),
-        topic: TOPIC.into(),
-        auth: ApnsAuth::Token {
-            p8_pem: a.key.p8_pem.clone(),
-            key_id: a.key.key_id.clone(),
-            team_id: a.key.team_id.clone(),
-        },
         tls: TlsOptions::default(),
-        connections: 1,
-        request_timeout: Duration::from_secs(5),
-        alert: AlertText::default(),
+        ..a.config(&a.key)
     })
     .unwrap();
     assert!(matches!(

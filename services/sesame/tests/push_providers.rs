@@ -31,18 +31,25 @@ async fn pushed(bundle: &Bundle, token: &str) -> String {
         .challenge_id
 }
 
-#[tokio::test]
-async fn login_through_real_apns_and_fcm_clients_with_a_dead_token() {
+/// The simulators with two apps of `tenant`, and a server sending through
+/// them with the configuration `sesame simulate-push` writes.
+async fn start_with_simulators(tenant: &str) -> (tempfile::TempDir, Bundle, Harness) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let bundle = Bundle::start(dir.path(), "dev", "127.0.0.1:0", "127.0.0.1:0")
+    let bundle = Bundle::start(dir.path(), tenant, "127.0.0.1:0", "127.0.0.1:0")
         .await
         .expect("simulators");
     let apps: Config = toml::from_str(&bundle.config_toml).expect("push-apps.toml");
     let h = Harness::start_configured(|c| {
-        c.push_provider = apps.push_provider.clone();
-        c.push_apps = apps.push_apps.clone();
+        c.push_provider = apps.push_provider;
+        c.push_apps = apps.push_apps;
     })
     .await;
+    (dir, bundle, h)
+}
+
+#[tokio::test]
+async fn login_through_real_apns_and_fcm_clients_with_a_dead_token() {
+    let (_dir, bundle, h) = start_with_simulators("dev").await;
 
     let a = h
         .enroll_with("alice", KeyAlgorithm::EcdsaP256Sha256, IPHONE_A)
@@ -142,16 +149,7 @@ async fn login_through_real_apns_and_fcm_clients_with_a_dead_token() {
 
 #[tokio::test]
 async fn enrollment_names_a_push_app_of_its_own_tenant_only() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bundle = Bundle::start(dir.path(), "other-bank", "127.0.0.1:0", "127.0.0.1:0")
-        .await
-        .expect("simulators");
-    let apps: Config = toml::from_str(&bundle.config_toml).expect("push-apps.toml");
-    let h = Harness::start_configured(|c| {
-        c.push_provider = apps.push_provider.clone();
-        c.push_apps = apps.push_apps.clone();
-    })
-    .await;
+    let (_dir, _bundle, h) = start_with_simulators("other-bank").await;
     // The dev tenant has no app: enrollment says so and consumes nothing.
     let token = h.begin("alice").await.enrollment_token;
     let err = SimDevice::enroll(

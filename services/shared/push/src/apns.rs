@@ -25,7 +25,7 @@ use serde::Deserialize;
 use sesame_core::time::UnixMillis;
 use sesame_queue::PushJob;
 
-use crate::http::{h2_client, retry_after};
+use crate::http::{error_chain, h2_client, retry_after};
 use crate::jwt::Es256Signer;
 use crate::payload::{apns_payload, AlertText};
 use crate::{metrics, PushConfigError, PushOutcome, TlsOptions};
@@ -205,7 +205,7 @@ fn apns_id() -> String {
     rand::thread_rng().fill_bytes(&mut b);
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex_lower(&b);
+    let h = hex::encode(b);
     format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],
@@ -214,10 +214,6 @@ fn apns_id() -> String {
         &h[16..20],
         &h[20..32]
     )
-}
-
-fn hex_lower(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 impl ApnsClient {
@@ -260,7 +256,6 @@ impl ApnsClient {
         let clients = (0..config.connections.clamp(1, 64))
             .map(|_| h2_client(&config.tls, config.request_timeout))
             .collect::<Result<Vec<_>, _>>()?;
-        // Refuse an alert that can never fit, at start rather than per push.
         Ok(ApnsClient {
             clients,
             next: AtomicUsize::new(0),
@@ -391,19 +386,6 @@ impl ApnsClient {
             reason: "APNs: provider token refresh did not help".into(),
         }
     }
-}
-
-/// `e` with its sources: reqwest's top-level message alone hides whether
-/// it was a reset, a GOAWAY or a TLS failure.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -23,8 +23,7 @@ use serde::Deserialize;
 use sesame_core::time::{now_ms, UnixMillis};
 use sesame_queue::PushJob;
 
-use crate::apns::error_chain;
-use crate::http::{any_client, h2_client, retry_after};
+use crate::http::{any_client, error_chain, h2_client, retry_after};
 use crate::jwt::Rs256Signer;
 use crate::payload::{fcm_request, AlertText};
 use crate::{metrics, PushConfigError, PushOutcome, TlsOptions};

@@ -119,3 +119,16 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
     let secs: u64 = v.trim().parse().ok()?;
     Some(Duration::from_secs(secs.min(3_600)))
 }
+
+/// `e` with its sources: reqwest's top-level message alone hides whether
+/// it was a reset, a GOAWAY or a TLS failure.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
