@@ -402,29 +402,30 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        let left = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(grpc_timeout);
+        // The handler runs with the caller's deadline in scope, so storage
+        // backends can bound their own server-side work by it.
+        let deadline = left.map(|d| std::time::Instant::now() + d);
         let Some(limiter) = &self.limiter else {
-            return Box::pin(self.inner.call(req));
+            return Box::pin(with_deadline(deadline, self.inner.call(req)));
         };
         let priority = Priority::of(req.uri().path());
-        if priority != Priority::Exempt {
-            let left = req
-                .headers()
-                .get("grpc-timeout")
-                .and_then(|v| v.to_str().ok())
-                .and_then(grpc_timeout);
-            if left.is_some_and(|d| d < self.config.min_deadline) {
-                metrics::counter!(SHED, "priority" => priority.label(), "reason" => "deadline")
-                    .increment(1);
-                let status = refusal(
-                    tonic::Code::DeadlineExceeded,
-                    format!(
-                        "the call's deadline leaves less than {} ms: not started",
-                        self.config.min_deadline.as_millis()
-                    ),
-                    None,
-                );
-                return Box::pin(async move { Ok(status.into_http()) });
-            }
+        if priority != Priority::Exempt && left.is_some_and(|d| d < self.config.min_deadline) {
+            metrics::counter!(SHED, "priority" => priority.label(), "reason" => "deadline")
+                .increment(1);
+            let status = refusal(
+                tonic::Code::DeadlineExceeded,
+                format!(
+                    "the call's deadline leaves less than {} ms: not started",
+                    self.config.min_deadline.as_millis()
+                ),
+                None,
+            );
+            return Box::pin(async move { Ok(status.into_http()) });
         }
         let Some(permit) = limiter.try_acquire(priority) else {
             metrics::counter!(SHED, "priority" => priority.label(), "reason" => "overload")
@@ -445,12 +446,19 @@ where
             );
             return Box::pin(async move { Ok(status.into_http()) });
         };
-        let fut = self.inner.call(req);
+        let fut = with_deadline(deadline, self.inner.call(req));
         Box::pin(async move {
             let r = fut.await;
             drop(permit);
             r
         })
+    }
+}
+
+async fn with_deadline<F: Future>(deadline: Option<std::time::Instant>, fut: F) -> F::Output {
+    match deadline {
+        Some(d) => sesame_storage::deadline::scope(d, fut).await,
+        None => fut.await,
     }
 }
 

@@ -12,6 +12,7 @@
 //! random 128-bit id return the record and leave the tenant check to the
 //! caller, which holds the authenticated identity (device or tenant).
 
+pub mod deadline;
 mod embedded;
 mod error;
 mod mem;
@@ -50,6 +51,14 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Succeeds when the backend can serve reads and writes.
     async fn health_check(&self) -> Result<()>;
+
+    /// `Some(lag)` when records carry time-to-live and the backend drops
+    /// them itself, at most `lag` after they become purgeable (ScyllaDB);
+    /// `purge_expired` may then find nothing to do. `None`: only
+    /// `purge_expired` removes them.
+    fn ttl_expiry(&self) -> Option<std::time::Duration> {
+        None
+    }
 
     async fn put_tenant(&self, tenant: &Tenant) -> Result<()>;
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>>;

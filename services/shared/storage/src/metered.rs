@@ -75,6 +75,10 @@ impl Storage for MeteredStorage {
         self.inner.name()
     }
 
+    fn ttl_expiry(&self) -> Option<std::time::Duration> {
+        self.inner.ttl_expiry()
+    }
+
     async fn health_check(&self) -> Result<()> {
         self.timed("health_check", self.inner.health_check()).await
     }

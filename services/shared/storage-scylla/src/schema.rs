@@ -1,0 +1,157 @@
+//! The schema as versioned CQL files (`schema/NNNN_name.cql`), applied in
+//! order by `sesame migrate` and recorded in `<keyspace>.schema_migrations`.
+//! Every statement is `IF NOT EXISTS`, so applying a migration again (after
+//! one interrupted half-way) changes nothing.
+
+use crate::config::ScyllaConfig;
+use crate::cql::Flavor;
+
+/// One schema version: its number, name and CQL text (`{keyspace}` is
+/// replaced by the configured keyspace).
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    pub cql: &'static str,
+}
+
+/// Every migration, oldest first. A new schema version is a new file here;
+/// applied files are never edited.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial",
+    cql: include_str!("../schema/0001_initial.cql"),
+}];
+
+/// The version a server needs.
+pub fn latest_version() -> i32 {
+    MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+/// `CREATE KEYSPACE` with `NetworkTopologyStrategy` and the configured
+/// replication factor per datacenter.
+pub fn keyspace_statement(config: &ScyllaConfig, flavor: Flavor) -> String {
+    let dcs: Vec<String> = config
+        .section
+        .replication
+        .iter()
+        .map(|(dc, rf)| format!("'{dc}': {rf}"))
+        .collect();
+    let mut cql = format!(
+        "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = {{'class': 'NetworkTopologyStrategy', {}}}",
+        config.keyspace,
+        dcs.join(", ")
+    );
+    if flavor == Flavor::Scylla {
+        cql.push_str(&format!(
+            " AND tablets = {{'enabled': {}}}",
+            config.section.tablets
+        ));
+    }
+    cql
+}
+
+pub fn migrations_table_statement(keyspace: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {keyspace}.schema_migrations (version int PRIMARY KEY, name text, applied_at bigint)"
+    )
+}
+
+/// The statements of one CQL file: comments dropped, split on `;`,
+/// `{keyspace}` substituted.
+pub fn statements(cql: &str, keyspace: &str) -> Vec<String> {
+    let without_comments: String = cql
+        .lines()
+        .map(|l| match l.find("--") {
+            Some(i) => &l[..i],
+            None => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    without_comments
+        .split(';')
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.replace("{keyspace}", keyspace))
+        .collect()
+}
+
+/// Everything `sesame migrate` would run on an empty cluster, in order.
+pub fn plan(config: &ScyllaConfig, flavor: Flavor) -> Vec<String> {
+    let mut out = vec![
+        keyspace_statement(config, flavor),
+        migrations_table_statement(&config.keyspace),
+    ];
+    for m in MIGRATIONS {
+        out.extend(statements(m.cql, &config.keyspace));
+        out.push(format!(
+            "INSERT INTO {}.schema_migrations (version, name, applied_at) VALUES ({}, '{}', <now>)",
+            config.keyspace, m.version, m.name
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ScyllaSection;
+
+    fn config() -> ScyllaConfig {
+        let section = ScyllaSection {
+            replication: [("eu-west".to_owned(), 3), ("eu-central".to_owned(), 2)].into(),
+            ..Default::default()
+        };
+        ScyllaConfig::from_uri("scylla://h/sesame_test", section).unwrap()
+    }
+
+    #[test]
+    fn keyspace_uses_network_topology_per_datacenter() {
+        let c = config();
+        assert_eq!(
+            keyspace_statement(&c, Flavor::Cassandra),
+            "CREATE KEYSPACE IF NOT EXISTS sesame_test WITH replication = \
+             {'class': 'NetworkTopologyStrategy', 'eu-central': 2, 'eu-west': 3}"
+        );
+        assert!(
+            keyspace_statement(&c, Flavor::Scylla).ends_with("AND tablets = {'enabled': false}")
+        );
+    }
+
+    #[test]
+    fn files_split_into_idempotent_statements_in_the_keyspace() {
+        let c = config();
+        let all = plan(&c, Flavor::Scylla);
+        let tables: Vec<&String> = all
+            .iter()
+            .filter(|s| s.starts_with("CREATE TABLE"))
+            .collect();
+        // schema_migrations plus one table per access path.
+        assert_eq!(tables.len(), 11, "{tables:#?}");
+        for s in &tables {
+            assert!(
+                s.starts_with("CREATE TABLE IF NOT EXISTS sesame_test."),
+                "{s}"
+            );
+            assert!(!s.contains("--") && !s.contains("{keyspace}"), "{s}");
+        }
+        for s in &all {
+            assert!(!s.to_uppercase().contains("ALLOW FILTERING"), "{s}");
+            assert!(!s.contains("CREATE INDEX"), "{s}");
+        }
+        assert_eq!(latest_version(), 1);
+        let versions: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
+        let mut sorted = versions.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(versions, sorted, "versions strictly increasing");
+    }
+
+    #[test]
+    fn comments_do_not_swallow_statements() {
+        let s = statements(
+            "-- a; b\nCREATE TABLE {keyspace}.x (a int PRIMARY KEY); -- tail\n\n",
+            "k",
+        );
+        assert_eq!(s, vec!["CREATE TABLE k.x (a int PRIMARY KEY)"]);
+    }
+}
