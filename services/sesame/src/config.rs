@@ -20,8 +20,11 @@ pub struct Config {
     pub admin_listen: String,
     /// Where the embedded store and the development tenant's key live.
     pub data_dir: PathBuf,
-    /// `embedded` (durable, default) or `memory` (lost on exit; tests).
+    /// `embedded` (durable, default), `memory` (lost on exit; tests) or
+    /// `scylla://host[:port][,host...]/keyspace` (settings in `[scylla]`).
     pub storage: String,
+    /// ScyllaDB settings (with `storage = "scylla://..."`).
+    pub scylla: sesame_storage_scylla::ScyllaSection,
     /// `memory`: the in-process bounded queue; `kafka://host:port[,host:port]`:
     /// Kafka (settings in `[kafka]`).
     pub queue: String,
@@ -171,6 +174,7 @@ impl Default for Config {
             admin_listen: "127.0.0.1:9464".into(),
             data_dir: PathBuf::from("sesame-data"),
             storage: "embedded".into(),
+            scylla: Default::default(),
             queue: "memory".into(),
             kafka: KafkaConfig::default(),
             roles: vec!["all".into()],
@@ -237,6 +241,34 @@ impl Config {
         Ok(config)
     }
 
+    /// The ScyllaDB backend's settings when `storage` is a `scylla://` URI:
+    /// its rows live as long as the challenge retention and the longest
+    /// guard window say.
+    pub fn scylla_config(&self) -> anyhow::Result<Option<sesame_storage_scylla::ScyllaConfig>> {
+        if !self.storage.starts_with("scylla://") {
+            return Ok(None);
+        }
+        let mut c =
+            sesame_storage_scylla::ScyllaConfig::from_uri(&self.storage, self.scylla.clone())
+                .map_err(|e| anyhow::anyhow!("storage / [scylla]: {e}"))?;
+        c.challenge_retention =
+            std::time::Duration::from_secs(self.challenge_retention_hours * 3600);
+        c.guard_retention = std::time::Duration::from_millis(self.guard_horizon_ms().max(0) as u64);
+        Ok(Some(c))
+    }
+
+    /// How long a push-bombing guard record matters after its last event:
+    /// the longest window of any tenant's policy.
+    pub fn guard_horizon_ms(&self) -> i64 {
+        self.guard
+            .tenants
+            .values()
+            .chain(std::iter::once(&self.guard.defaults))
+            .map(GuardPolicy::longest_window_ms)
+            .max()
+            .unwrap_or(0)
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         self.listen
             .parse::<std::net::SocketAddr>()
@@ -246,11 +278,15 @@ impl Config {
                 .parse::<std::net::SocketAddr>()
                 .map_err(|e| anyhow::anyhow!("admin_listen = {:?}: {e}", self.admin_listen))?;
         }
-        anyhow::ensure!(
-            matches!(self.storage.as_str(), "embedded" | "memory"),
-            "storage = {:?}: use \"embedded\" or \"memory\"",
-            self.storage
-        );
+        if self.storage.starts_with("scylla://") {
+            self.scylla_config()?;
+        } else {
+            anyhow::ensure!(
+                matches!(self.storage.as_str(), "embedded" | "memory"),
+                "storage = {:?}: use \"embedded\", \"memory\" or \"scylla://host[,host...]/keyspace\"",
+                self.storage
+            );
+        }
         anyhow::ensure!(
             self.queue == "memory" || KafkaConfig::brokers_from_uri(&self.queue).is_some(),
             "queue = {:?}: use \"memory\" (in-process) or \"kafka://host:port[,host:port...]\"",
@@ -431,6 +467,23 @@ fn set_known(table: &mut toml::Table, path: &[String], raw: &str) -> anyhow::Res
                 .filter(|v| v.as_str() != Some(""))
                 .collect(),
         ),
+        // A map, whole: `key=value,key=value` (e.g. the replication
+        // factor per datacenter, `eu-west=3,eu-central=3`).
+        toml::Value::Table(_) => {
+            let mut map = toml::Table::new();
+            for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("{pair:?}: write key=value,key=value"))?;
+                let v = v.trim();
+                let v = v
+                    .parse::<i64>()
+                    .map(toml::Value::Integer)
+                    .unwrap_or_else(|_| toml::Value::String(v.to_owned()));
+                map.insert(k.trim().to_owned(), v);
+            }
+            toml::Value::Table(map)
+        }
         _ => anyhow::bail!("cannot be set from the environment"),
     };
     t.insert(last.clone(), value);
@@ -480,6 +533,50 @@ mod tests {
         assert!(!c.durable_writes);
         let r = c.roles().unwrap();
         assert!(r.challenge && r.verifier && !r.dispatcher);
+    }
+
+    #[test]
+    fn scylla_storage_from_file_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "storage = \"scylla://10.0.0.1,10.0.0.2:19042/sesame\"\nchallenge_retention_hours = 2\n\
+             [scylla]\nlocal_datacenter = \"eu-west\"\nusername = \"sesame\"\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&f),
+            &env(&[
+                ("SESAME_SCYLLA__REPLICATION", "eu-west=3, eu-central=2"),
+                ("SESAME_SCYLLA__PASSWORD", "from-a-secret"),
+                ("SESAME_SCYLLA__TLS__ENABLED", "true"),
+            ]),
+        )
+        .unwrap();
+        let s = c.scylla_config().unwrap().expect("a scylla:// storage");
+        assert_eq!(s.nodes, vec!["10.0.0.1:9042", "10.0.0.2:19042"]);
+        assert_eq!(s.keyspace, "sesame");
+        assert_eq!(
+            s.section.replication,
+            BTreeMap::from([("eu-central".to_owned(), 2), ("eu-west".to_owned(), 3)])
+        );
+        assert_eq!(s.section.password, "from-a-secret");
+        assert!(s.section.tls.enabled);
+        assert_eq!(s.challenge_retention, std::time::Duration::from_secs(7200));
+        assert_eq!(s.guard_retention.as_millis() as i64, c.guard_horizon_ms());
+        assert!(s.guard_retention > std::time::Duration::ZERO);
+
+        for (storage, says) in [
+            ("scylla://h", "name the keyspace"),
+            ("postgres://h/db", "scylla://host"),
+        ] {
+            let e = Config::load(None, &env(&[("SESAME_STORAGE", storage)])).unwrap_err();
+            assert!(format!("{e:#}").contains(says), "{storage}: {e:#}");
+        }
+        let e = Config::load(None, &env(&[("SESAME_SCYLLA__REPLICATION", "dc1")])).unwrap_err();
+        assert!(format!("{e:#}").contains("key=value"), "{e:#}");
+        assert_eq!(Config::default().scylla_config().unwrap(), None);
     }
 
     #[test]

@@ -41,6 +41,20 @@ enum Command {
         #[arg(long)]
         roles: Option<String>,
     },
+    /// Create or update the ScyllaDB schema (keyspace with
+    /// NetworkTopologyStrategy, tables) for `storage = "scylla://..."`;
+    /// safe to run again: it applies only the versions the keyspace lacks.
+    Migrate {
+        /// TOML configuration file (the same as serve's).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Overrides `storage`, e.g. `scylla://10.0.0.1,10.0.0.2/sesame`.
+        #[arg(long)]
+        storage: Option<String>,
+        /// Print the CQL it would run, without connecting.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Run the APNs and FCM simulators (TLS, HTTP/2) and the phones' push
     /// inbox; write their CA, an APNs .p8 key, an FCM service-account file and
     /// the `push_apps` configuration for `serve` into --dir.
@@ -240,6 +254,72 @@ async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
+async fn migrate(
+    config_file: Option<PathBuf>,
+    storage: Option<String>,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
+    use sesame_storage_scylla::{schema, Flavor, FlavorSetting};
+    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let loaded = Config::load(config_file.as_deref(), &env).and_then(|mut c| {
+        if let Some(s) = storage {
+            c.storage = s;
+        }
+        c.validate()?;
+        Ok(c)
+    });
+    let config = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sesame: invalid configuration: {e:#}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let Some(scylla) = config.scylla_config()? else {
+        eprintln!(
+            "sesame migrate: storage = {:?} keeps its own schema; migrate is for storage = \"scylla://host[,host...]/keyspace\"",
+            config.storage
+        );
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    };
+    if dry_run {
+        let flavor = match scylla.section.flavor {
+            FlavorSetting::Cassandra => Flavor::Cassandra,
+            FlavorSetting::Scylla => Flavor::Scylla,
+            FlavorSetting::Auto => {
+                println!("-- scylla.flavor = auto: shown for ScyllaDB (on Cassandra the keyspace has no tablets option)");
+                Flavor::Scylla
+            }
+        };
+        println!(
+            "-- schema version {} for keyspace {} ({} statements)",
+            schema::latest_version(),
+            scylla.keyspace,
+            schema::plan(&scylla, flavor).len()
+        );
+        for statement in schema::plan(&scylla, flavor) {
+            println!("{statement};\n");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    sesame::telemetry::init_tracing(&config.log_format, &config.log_level);
+    let (session, flavor) = sesame_storage_scylla::connect(&scylla).await?;
+    let applied = sesame_storage_scylla::migrate(&session, &scylla, flavor).await?;
+    if applied.is_empty() {
+        println!(
+            "keyspace {} is at schema version {} ({flavor:?}): nothing to do",
+            scylla.keyspace,
+            schema::latest_version()
+        );
+    } else {
+        println!(
+            "keyspace {}: applied schema versions {applied:?} ({flavor:?})",
+            scylla.keyspace
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn real_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
@@ -249,6 +329,11 @@ async fn real_main() -> anyhow::Result<ExitCode> {
             data_dir,
             roles,
         } => serve(config, listen, data_dir, roles).await,
+        Command::Migrate {
+            config,
+            storage,
+            dry_run,
+        } => migrate(config, storage, dry_run).await,
         Command::SimulatePush {
             dir,
             tenant,

@@ -70,6 +70,17 @@ impl Sesame {
         let storage: Arc<dyn Storage> = match config.storage.as_str() {
             _ if !needs_storage => Arc::new(MemStorage::new()),
             "memory" => Arc::new(MemStorage::new()),
+            _ if config.storage.starts_with("scylla://") => {
+                let c = config
+                    .scylla_config()?
+                    .context("storage is not a scylla:// URI")?;
+                let nodes = c.nodes.join(",");
+                Arc::new(
+                    sesame_storage_scylla::ScyllaStorage::open(c)
+                        .await
+                        .with_context(|| format!("opening ScyllaDB storage at {nodes}"))?,
+                )
+            }
             _ => {
                 let mut c = EmbeddedConfig::new(EmbeddedStorage::path_in(&config.data_dir));
                 c.durable = config.durable_writes;
@@ -216,12 +227,7 @@ impl Sesame {
             // Ids were validated with the configuration.
             .filter_map(|(t, p)| TenantId::parse(t).ok().map(|t| (t, p.clone())))
             .collect();
-        let guard_horizon_ms = tenant_policies
-            .values()
-            .chain(std::iter::once(&config.guard.defaults))
-            .map(GuardPolicy::longest_window_ms)
-            .max()
-            .unwrap_or(0);
+        let guard_horizon_ms = config.guard_horizon_ms();
         let guard = Arc::new(UserGuard::new(
             storage.clone(),
             config.guard.defaults.clone(),
