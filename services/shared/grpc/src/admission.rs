@@ -686,6 +686,63 @@ mod tests {
         assert_eq!(layer.limiter().expect("on").in_flight(), 0);
     }
 
+    /// An inner service that answers with the deadline its handler sees.
+    #[derive(Clone)]
+    struct SeesDeadline;
+
+    impl tower::Service<http::Request<()>> for SeesDeadline {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            Box::pin(async move {
+                let left = sesame_storage::deadline::remaining()
+                    .map(|d| d.as_millis().to_string())
+                    .unwrap_or_else(|| "none".into());
+                let mut r = http::Response::new(tonic::body::Body::empty());
+                r.headers_mut()
+                    .insert("x-left-ms", left.parse().expect("header value"));
+                Ok(r)
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_handler_runs_within_the_callers_deadline() {
+        use tower::{Layer, Service};
+        const GET: &str = "/sesame.tenant.v1.ChallengeService/GetChallenge";
+        let left = |r: &http::Response<tonic::body::Body>| {
+            r.headers()
+                .get("x-left-ms")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .expect("x-left-ms")
+        };
+        for enabled in [true, false] {
+            let mut svc = AdmissionLayer::new(AdmissionConfig {
+                enabled,
+                ..Default::default()
+            })
+            .layer(SeesDeadline);
+            let r = svc
+                .call(request(GET, Some("300m")))
+                .await
+                .expect("response");
+            let ms: u64 = left(&r).parse().expect("a number");
+            assert!(
+                (250..=300).contains(&ms),
+                "{ms} ms left (admission {enabled})"
+            );
+            let r = svc.call(request(GET, None)).await.expect("response");
+            assert_eq!(left(&r), "none", "no grpc-timeout, no deadline");
+        }
+    }
+
     #[tokio::test]
     async fn a_call_without_time_left_is_refused_before_any_work() {
         use tower::{Layer, Service};
