@@ -54,6 +54,10 @@ enum Command {
         /// Print the CQL it would run, without connecting.
         #[arg(long)]
         dry_run: bool,
+        /// Create the keyspace even when a datacenter has fewer nodes than
+        /// its replication factor (nodes still joining).
+        #[arg(long)]
+        force: bool,
     },
     /// Run the APNs and FCM simulators (TLS, HTTP/2) and the phones' push
     /// inbox; write their CA, an APNs .p8 key, an FCM service-account file and
@@ -258,6 +262,7 @@ async fn migrate(
     config_file: Option<PathBuf>,
     storage: Option<String>,
     dry_run: bool,
+    force: bool,
 ) -> anyhow::Result<ExitCode> {
     use sesame_storage_scylla::{schema, Flavor, FlavorSetting};
     let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
@@ -304,6 +309,18 @@ async fn migrate(
     }
     sesame::telemetry::init_tracing(&config.log_format, &config.log_level);
     let (session, flavor) = sesame_storage_scylla::connect(&scylla).await?;
+    let warnings = sesame_storage_scylla::replication_warnings(&session, &scylla);
+    for w in &warnings {
+        eprintln!("sesame migrate: {w}");
+    }
+    if !warnings.is_empty() && !force {
+        eprintln!(
+            "sesame migrate: nothing changed; set scylla.replication to the cluster (e.g. \
+             SESAME_SCYLLA__REPLICATION=datacenter1=1 for one node), or pass --force \
+             if the nodes are still joining"
+        );
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
     let applied = sesame_storage_scylla::migrate(&session, &scylla, flavor).await?;
     if applied.is_empty() {
         println!(
@@ -333,7 +350,8 @@ async fn real_main() -> anyhow::Result<ExitCode> {
             config,
             storage,
             dry_run,
-        } => migrate(config, storage, dry_run).await,
+            force,
+        } => migrate(config, storage, dry_run, force).await,
         Command::SimulatePush {
             dir,
             tenant,

@@ -291,6 +291,32 @@ pub async fn migrate(session: &Session, config: &ScyllaConfig, flavor: Flavor) -
     Ok(now_applied)
 }
 
+/// Datacenters whose configured replication factor exceeds the nodes the
+/// driver sees there: writes at `LOCAL_QUORUM` would fail (a common
+/// mistake: the default factor 3 on a one-node development cluster).
+pub fn replication_warnings(session: &Session, config: &ScyllaConfig) -> Vec<String> {
+    let state = session.get_cluster_state();
+    let nodes = state.get_nodes_info();
+    config
+        .section
+        .replication
+        .iter()
+        .filter_map(|(dc, rf)| {
+            let n = nodes
+                .iter()
+                .filter(|node| node.datacenter.as_deref() == Some(dc.as_str()))
+                .count();
+            (n < *rf as usize).then(|| {
+                format!(
+                    "datacenter {dc:?} has {n} node(s) but scylla.replication asks for {rf} replicas: \
+                     LOCAL_QUORUM needs {} of them",
+                    rf / 2 + 1
+                )
+            })
+        })
+        .collect()
+}
+
 /// Schema versions recorded in the keyspace.
 pub async fn applied_versions(session: &Session, keyspace: &str) -> Result<Vec<i32>> {
     let rows = session
