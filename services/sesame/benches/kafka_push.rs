@@ -226,7 +226,11 @@ async fn run(n_dispatchers: usize) {
         ..Default::default()
     };
     let app = Sesame::open(config).await.expect("open");
-    let key_file = app.ensure_dev_tenant().await.expect("tenant");
+    let key_file = app
+        .ensure_dev_tenant()
+        .await
+        .expect("tenant")
+        .expect("a key file");
     let key = std::fs::read_to_string(key_file)
         .expect("key")
         .trim()

@@ -103,7 +103,11 @@ async fn start() -> Rig {
         ..Default::default()
     };
     let app = Sesame::open(config).await.expect("open");
-    let key_file = app.ensure_dev_tenant().await.expect("tenant");
+    let key_file = app
+        .ensure_dev_tenant()
+        .await
+        .expect("tenant")
+        .expect("a key file");
     let key = std::fs::read_to_string(key_file)
         .expect("key")
         .trim()

@@ -38,6 +38,11 @@ pub struct Config {
     pub durable_writes: bool,
     /// Create the `dev` tenant and write its API key to `<data_dir>/dev-tenant.key`.
     pub dev_tenant: bool,
+    /// The `dev` tenant's API key, given instead of generated (e.g. from a
+    /// Kubernetes Secret through `SESAME_DEV_TENANT_KEY`, so that every
+    /// replica accepts the same key): `sk_<16 hex>_<secret>`. When set, no
+    /// key file is written.
+    pub dev_tenant_key: String,
     /// `text` (development) or `json` (production).
     pub log_format: String,
     /// A tracing filter, e.g. `info` or `sesame=debug,info`.
@@ -181,6 +186,7 @@ impl Default for Config {
             public_device_url: String::new(),
             durable_writes: true,
             dev_tenant: true,
+            dev_tenant_key: String::new(),
             log_format: "text".into(),
             log_level: "info".into(),
             max_devices_per_user: sesame_core::limits::MAX_DEVICES_PER_USER,
@@ -239,6 +245,52 @@ impl Config {
         let config: Config = toml::Value::Table(table).try_into()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// `SESAME_*` variables in `env` that name no configuration key (and
+    /// are not one of the client commands' own variables): a typo there is
+    /// otherwise silently ignored. `sesame check-config --strict-env` fails on them.
+    pub fn unknown_env(env: &BTreeMap<String, String>) -> Vec<String> {
+        let Ok(table) = toml::Table::try_from(Config::default()) else {
+            return Vec::new();
+        };
+        env.keys()
+            .filter(|name| !CLIENT_ENV.contains(&name.as_str()))
+            .filter_map(|name| {
+                let rest = name.strip_prefix("SESAME_")?;
+                let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+                (!key_exists(&table, &path)).then(|| name.clone())
+            })
+            .collect()
+    }
+
+    /// The configuration as TOML, with secrets (`dev_tenant_key`, the
+    /// ScyllaDB password, Kafka properties naming a password or secret)
+    /// replaced by `"<redacted>"`, for `sesame check-config`.
+    pub fn to_redacted_toml(&self) -> anyhow::Result<String> {
+        let mut table = toml::Table::try_from(self)?;
+        let redact = |v: &mut toml::Value| {
+            if v.as_str().is_some_and(|s| !s.is_empty()) {
+                *v = toml::Value::String("<redacted>".into());
+            }
+        };
+        if let Some(v) = table.get_mut("dev_tenant_key") {
+            redact(v);
+        }
+        if let Some(v) = table.get_mut("scylla").and_then(|s| s.get_mut("password")) {
+            redact(v);
+        }
+        if let Some(toml::Value::Table(props)) =
+            table.get_mut("kafka").and_then(|k| k.get_mut("properties"))
+        {
+            for (k, v) in props.iter_mut() {
+                let k = k.to_ascii_lowercase();
+                if k.contains("password") || k.contains("secret") || k.contains("jaas") {
+                    redact(v);
+                }
+            }
+        }
+        Ok(toml::to_string(&table)?)
     }
 
     /// The ScyllaDB backend's settings when `storage` is a `scylla://` URI:
@@ -382,6 +434,10 @@ impl Config {
                 .validate()
                 .map_err(|e| anyhow::anyhow!("ratelimit.limits[{i}]: {e}"))?;
         }
+        anyhow::ensure!(
+            self.dev_tenant_key.is_empty() || sesame_grpc::apikey::parse(&self.dev_tenant_key).is_some(),
+            "dev_tenant_key is not an API key: write sk_<16 hex digits>_<secret of 1-128 characters>"
+        );
         self.roles()?;
         Ok(())
     }
@@ -421,6 +477,29 @@ impl Config {
             self.public_device_url.clone()
         }
     }
+}
+
+/// Variables of the client commands and the test suites, not configuration keys.
+const CLIENT_ENV: &[&str] = &[
+    "SESAME_LOG",
+    "SESAME_API_KEY",
+    "SESAME_SCYLLA_NODES",
+    "SESAME_SCYLLA_DC",
+    "SESAME_SCYLLA_RF",
+];
+
+fn key_exists(table: &toml::Table, path: &[String]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut t = table;
+    for p in parents {
+        match t.get(p) {
+            Some(toml::Value::Table(inner)) => t = inner,
+            _ => return false,
+        }
+    }
+    t.contains_key(last)
 }
 
 fn merge(base: &mut toml::Table, over: toml::Table) {
@@ -499,6 +578,51 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn unknown_environment_keys_are_listed() {
+        let e = env(&[
+            ("SESAME_LISTEN", "0.0.0.0:1"),
+            ("SESAME_KAFKA__PUSH_PARTITIONS", "4"),
+            ("SESAME_SCYLLA__REPLICATION", "dc1=3"),
+            ("SESAME_LOG", "debug"),
+            ("SESAME_LISTEN_ADDR", "x"),
+            ("SESAME_KAFKA__PARTITIONS", "4"),
+            ("SESAME_LISTEN__PORT", "1"),
+            ("OTHER", "1"),
+        ]);
+        assert_eq!(
+            Config::unknown_env(&e),
+            vec![
+                "SESAME_KAFKA__PARTITIONS".to_string(),
+                "SESAME_LISTEN_ADDR".to_string(),
+                "SESAME_LISTEN__PORT".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn redacted_toml_hides_every_secret_and_keeps_the_rest() {
+        let mut c = Config {
+            dev_tenant_key: "sk_0011223344556677_topsecret".into(),
+            ..Config::default()
+        };
+        c.scylla.password = "scylla-pass".into();
+        c.kafka
+            .properties
+            .insert("sasl.password".into(), "kafka-pass".into());
+        c.kafka
+            .properties
+            .insert("security.protocol".into(), "SASL_SSL".into());
+        let text = c.to_redacted_toml().unwrap();
+        for secret in ["topsecret", "scylla-pass", "kafka-pass"] {
+            assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+        }
+        assert!(text.contains("SASL_SSL"));
+        assert!(text.contains("listen = \"127.0.0.1:50051\""));
+        // The printed form loads back (secrets aside).
+        let _: Config = toml::from_str(&text).unwrap();
     }
 
     #[test]

@@ -41,6 +41,23 @@ enum Command {
         #[arg(long)]
         roles: Option<String>,
     },
+    /// Load the configuration as `serve` would (defaults, --config, then
+    /// SESAME_* variables), validate it and print it as TOML with secrets
+    /// redacted; exit 64 if it is invalid.
+    CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Overrides `roles`, as serve's --roles.
+        #[arg(long)]
+        roles: Option<String>,
+        /// Also fail when a SESAME_* variable names no configuration key
+        /// (a typo that serve would ignore).
+        #[arg(long)]
+        strict_env: bool,
+        /// Validate only; print nothing on success.
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Create or update the ScyllaDB schema (keyspace with
     /// NetworkTopologyStrategy, tables) for `storage = "scylla://..."`;
     /// safe to run again: it applies only the versions the keyspace lacks.
@@ -92,6 +109,10 @@ enum Command {
         /// one `sesame simulate-push` serves (`http://127.0.0.1:50070`).
         #[arg(long)]
         inbox: Option<String>,
+        /// Where the phone talks (the verifier role's device API) when it is
+        /// not --server, as in a deployment with one process per role.
+        #[arg(long)]
+        device_server: Option<String>,
     },
     /// Tenant side: start enrolling a phone for a user (prints the QR URI).
     Enroll {
@@ -219,6 +240,40 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+fn check_config(
+    config_file: Option<PathBuf>,
+    roles: Option<String>,
+    strict_env: bool,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
+    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let unknown = Config::unknown_env(&env);
+    for name in &unknown {
+        eprintln!("sesame: {name} names no configuration key (ignored by serve)");
+    }
+    let loaded = Config::load(config_file.as_deref(), &env).and_then(|mut c| {
+        if let Some(r) = roles {
+            c.roles = r.split(',').map(|s| s.trim().to_owned()).collect();
+        }
+        c.validate()?;
+        Ok(c)
+    });
+    let config = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sesame: invalid configuration: {e:#}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    if strict_env && !unknown.is_empty() {
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
+    if !quiet {
+        print!("{}", config.to_redacted_toml()?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn serve(
     config_file: Option<PathBuf>,
     listen: Option<String>,
@@ -251,8 +306,14 @@ async fn serve(
     let mut app = Sesame::open(config).await?;
     app.log_control = Some(log_control);
     if app.config.dev_tenant && app.roles.challenge {
-        let path = app.ensure_dev_tenant().await?;
-        tracing::info!(key_file = %path.display(), "development tenant \"dev\" ready; `sesame demo` finds its key there");
+        match app.ensure_dev_tenant().await? {
+            Some(path) => {
+                tracing::info!(key_file = %path.display(), "development tenant \"dev\" ready; `sesame demo` finds its key there")
+            }
+            None => tracing::info!(
+                "development tenant \"dev\" ready with the configured dev_tenant_key"
+            ),
+        }
     }
     app.serve(listener, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
@@ -346,6 +407,12 @@ async fn real_main() -> anyhow::Result<ExitCode> {
             data_dir,
             roles,
         } => serve(config, listen, data_dir, roles).await,
+        Command::CheckConfig {
+            config,
+            roles,
+            strict_env,
+            quiet,
+        } => check_config(config, roles, strict_env, quiet),
         Command::Migrate {
             config,
             storage,
@@ -393,9 +460,11 @@ async fn real_main() -> anyhow::Result<ExitCode> {
             data_dir,
             timeout,
             inbox,
+            device_server,
         } => {
             let api_key = cli::resolve_api_key(api_key.as_deref(), &data_dir)?;
             let status = cli::demo::run(&cli::demo::DemoOptions {
+                device_server: device_server.unwrap_or_else(|| server.clone()),
                 server,
                 api_key,
                 timeout: Duration::from_secs(timeout),

@@ -118,9 +118,10 @@ impl Sesame {
         })
     }
 
-    /// Makes sure the `dev` tenant exists and has a key in
-    /// `<data_dir>/dev-tenant.key`, reusing a still-valid one. Returns the file.
-    pub async fn ensure_dev_tenant(&self) -> anyhow::Result<PathBuf> {
+    /// Makes sure the `dev` tenant exists and has a key: the configured
+    /// `dev_tenant_key` (returns `None`), or one in `<data_dir>/dev-tenant.key`,
+    /// reusing a still-valid one (returns the file).
+    pub async fn ensure_dev_tenant(&self) -> anyhow::Result<Option<PathBuf>> {
         let tenant_id = TenantId::parse(DEV_TENANT)?;
         if self.storage.get_tenant(&tenant_id).await?.is_none() {
             self.storage
@@ -132,6 +133,34 @@ impl Sesame {
                 })
                 .await?;
         }
+        let given = self.config.dev_tenant_key.trim();
+        if !given.is_empty() {
+            // Validated with the configuration; re-checked, never unwrapped.
+            let (key_id, hash) =
+                apikey::parse(given).context("dev_tenant_key is not an API key")?;
+            match self.storage.get_api_key(key_id).await? {
+                Some(r) if r.tenant_id != tenant_id => {
+                    anyhow::bail!("dev_tenant_key: key id {key_id} belongs to another tenant")
+                }
+                // A revoked key stays revoked, whatever the configuration says.
+                Some(r) if r.revoked => {
+                    anyhow::bail!("dev_tenant_key: key {key_id} was revoked; configure a new one")
+                }
+                Some(r) if r.secret_sha256 == hash => {}
+                _ => {
+                    self.storage
+                        .put_api_key(&sesame_core::ApiKeyRecord {
+                            key_id: key_id.to_owned(),
+                            tenant_id,
+                            secret_sha256: hash,
+                            created_at: now_ms(),
+                            revoked: false,
+                        })
+                        .await?
+                }
+            }
+            return Ok(None);
+        }
         std::fs::create_dir_all(&self.config.data_dir)
             .with_context(|| format!("creating {}", self.config.data_dir.display()))?;
         let path = self.config.data_dir.join(DEV_KEY_FILE);
@@ -139,7 +168,7 @@ impl Sesame {
             if let Some((key_id, hash)) = apikey::parse(existing.trim()) {
                 if let Some(rec) = self.storage.get_api_key(key_id).await? {
                     if rec.secret_sha256 == hash && !rec.revoked && rec.tenant_id == tenant_id {
-                        return Ok(path);
+                        return Ok(Some(path));
                     }
                 }
             }
@@ -148,7 +177,7 @@ impl Sesame {
         self.storage.put_api_key(&record).await?;
         sesame_device_sim::write_private(&path, format!("{key}\n").as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
-        Ok(path)
+        Ok(Some(path))
     }
 
     /// Serves until `shutdown` resolves, then drains. The admin listener

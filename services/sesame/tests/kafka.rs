@@ -929,7 +929,11 @@ async fn a_verdict_reached_on_one_replica_wakes_a_watch_on_another() {
         .expect("b");
     a.storage = shared.clone();
     b.storage = shared.clone();
-    let key_file = a.ensure_dev_tenant().await.expect("dev tenant");
+    let key_file = a
+        .ensure_dev_tenant()
+        .await
+        .expect("dev tenant")
+        .expect("a key file");
     let key = std::fs::read_to_string(key_file)
         .expect("key")
         .trim()

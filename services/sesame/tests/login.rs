@@ -632,3 +632,39 @@ async fn trace_id_follows_a_challenge_into_its_push_job() {
     assert_ne!(fresh, trace);
     h.shutdown().await;
 }
+
+/// A `dev_tenant_key` given in the configuration (as a Kubernetes Secret
+/// gives it to every replica) is the key that works; none is generated or
+/// written, and a key that merely looks similar is refused.
+#[tokio::test]
+async fn a_configured_dev_tenant_key_is_the_one_accepted() {
+    let key = "sk_00112233aabbccdd_configured-secret-from-a-kubernetes-secret";
+    let h = Harness::start_configured(|c| c.dev_tenant_key = key.into()).await;
+    assert_eq!(h.key, key);
+    assert!(
+        !h.data_dir().join(sesame::server::DEV_KEY_FILE).exists(),
+        "no key file is written when the key is configured"
+    );
+    let phone = h.enroll("configured-key-user").await;
+    assert!(!phone.device_id().is_empty());
+
+    let wrong = sesame::cli::authed(
+        "sk_00112233aabbccdd_another-secret",
+        pb::BeginEnrollmentRequest {
+            user_id: "u".into(),
+            ttl_seconds: 0,
+        },
+    )
+    .unwrap();
+    let refused = h.enrollment().begin_enrollment(wrong).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    h.shutdown().await;
+}
+
+#[test]
+fn a_malformed_dev_tenant_key_is_a_configuration_error() {
+    let env: std::collections::BTreeMap<String, String> =
+        [("SESAME_DEV_TENANT_KEY".to_string(), "not-a-key".to_string())].into();
+    let err = sesame::Config::load(None, &env).unwrap_err().to_string();
+    assert!(err.contains("dev_tenant_key"), "{err}");
+}

@@ -16,7 +16,10 @@ use sesame_proto::types::v1 as types;
 use super::{authed, random_suffix};
 
 pub struct DemoOptions {
+    /// The tenant API (the challenge role).
     pub server: String,
+    /// The device API (the verifier role); the same URL in one process.
+    pub device_server: String,
     pub api_key: String,
     pub timeout: Duration,
     /// Print each step.
@@ -55,9 +58,16 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<ChallengeStatus> {
     ));
 
     let push_token = super::simulated_push_token();
+    let device_channel = if opts.device_server == opts.server {
+        channel.clone()
+    } else {
+        sesame_device_sim::connect(&opts.device_server)
+            .await
+            .with_context(|| format!("connecting to {}", opts.device_server))?
+    };
     let device = SimDevice::enroll(
-        channel.clone(),
-        &opts.server,
+        device_channel,
+        &opts.device_server,
         &enrollment.enrollment_token,
         KeyAlgorithm::EcdsaP256Sha256,
         Platform::Android,

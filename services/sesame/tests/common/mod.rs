@@ -81,11 +81,13 @@ impl Harness {
         };
         tweak(&mut config);
         let app = Sesame::open(config).await.expect("open");
-        let key_file = app.ensure_dev_tenant().await.expect("dev tenant");
-        let key = std::fs::read_to_string(key_file)
-            .expect("key")
-            .trim()
-            .to_owned();
+        let key = match app.ensure_dev_tenant().await.expect("dev tenant") {
+            Some(key_file) => std::fs::read_to_string(key_file)
+                .expect("key")
+                .trim()
+                .to_owned(),
+            None => app.config.dev_tenant_key.clone(),
+        };
         let other = TenantId::parse("other-bank").expect("tenant id");
         app.storage
             .put_tenant(&Tenant {
@@ -138,6 +140,11 @@ impl Harness {
         if let Some(t) = self.task.take() {
             t.await.expect("join").expect("serve");
         }
+    }
+
+    /// The server's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     pub fn req<T>(&self, msg: T) -> Request<T> {

@@ -93,6 +93,10 @@ pub struct KafkaConfig {
     /// Extra librdkafka properties for every client, e.g.
     /// `"security.protocol" = "SASL_SSL"`, `"sasl.mechanism" = "SCRAM-SHA-512"`.
     pub properties: BTreeMap<String, String>,
+    /// A file holding `sasl.password` (e.g. a mounted Kubernetes Secret),
+    /// read when connecting, so the password stays out of configuration
+    /// files and environment listings. Empty: none.
+    pub sasl_password_file: std::path::PathBuf,
 }
 
 impl Default for KafkaConfig {
@@ -113,6 +117,7 @@ impl Default for KafkaConfig {
             commit_interval_ms: 1_000,
             fetch_wait_max_ms: 10,
             properties: BTreeMap::new(),
+            sasl_password_file: std::path::PathBuf::new(),
         }
     }
 }
@@ -129,7 +134,35 @@ impl KafkaConfig {
         ok.then(|| rest.to_owned())
     }
 
+    /// Reads `sasl_password_file` into the `sasl.password` property.
+    pub fn with_secret_files(mut self) -> Result<KafkaConfig, String> {
+        if self.sasl_password_file.as_os_str().is_empty() {
+            return Ok(self);
+        }
+        let path = &self.sasl_password_file;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("kafka.sasl_password_file {}: {e}", path.display()))?;
+        // Secrets written by hand often end with a newline; it is not part of it.
+        let password = text.trim_end_matches(['\r', '\n']);
+        if password.is_empty() {
+            return Err(format!(
+                "kafka.sasl_password_file {} is empty",
+                path.display()
+            ));
+        }
+        self.properties
+            .insert("sasl.password".into(), password.to_owned());
+        Ok(self)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
+        if !self.sasl_password_file.as_os_str().is_empty()
+            && self.properties.contains_key("sasl.password")
+        {
+            return Err(
+                "kafka: set sasl.password in properties or sasl_password_file, not both".into(),
+            );
+        }
         let topics = [
             ("push_topic", &self.push_topic),
             ("retry_topic", &self.retry_topic),
@@ -441,6 +474,7 @@ impl KafkaQueue {
     /// fails, publishing fails fast) and recovers when one answers.
     pub async fn connect(config: KafkaConfig) -> Result<KafkaQueue, QueueError> {
         config.validate().map_err(QueueError::Backend)?;
+        let config = config.with_secret_files().map_err(QueueError::Backend)?;
         let health = Arc::new(BrokerHealth::default());
         let ctx = Context {
             health: health.clone(),
@@ -1092,6 +1126,36 @@ mod tests {
         assert_ne!(old, new);
         assert_eq!(o.done("t", 0, 5, old), None, "stale generation");
         assert_eq!(o.done("t", 0, 5, new), Some(6));
+    }
+
+    #[test]
+    fn the_sasl_password_comes_from_its_file_without_the_newline() {
+        let path = std::env::temp_dir().join(format!("sesame-kafka-pw-{}", std::process::id()));
+        std::fs::write(&path, "s3cret=,x\n").unwrap();
+        let c = KafkaConfig {
+            sasl_password_file: path.clone(),
+            ..KafkaConfig::default()
+        };
+        assert!(c.validate().is_ok());
+        let read = c.clone().with_secret_files().unwrap();
+        assert_eq!(read.properties["sasl.password"], "s3cret=,x");
+
+        std::fs::write(&path, "\n").unwrap();
+        assert!(c
+            .clone()
+            .with_secret_files()
+            .unwrap_err()
+            .contains("is empty"));
+        std::fs::remove_file(&path).unwrap();
+        assert!(c
+            .clone()
+            .with_secret_files()
+            .unwrap_err()
+            .contains("sasl_password_file"));
+
+        let mut both = c;
+        both.properties.insert("sasl.password".into(), "x".into());
+        assert!(both.validate().unwrap_err().contains("not both"));
     }
 
     #[test]
