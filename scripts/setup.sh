@@ -6,7 +6,13 @@
 #   headers that librdkafka (the Kafka client, built from source by the
 #   rdkafka crate) needs (Debian's Rust images have them already), cmake
 #   (tansu's TLS dependency, aws-lc-sys, may build with it), and
-#   `prometheus` for promtool and the live Prometheus test;
+#   `prometheus` for promtool and the live Prometheus test, and for the
+#   deploy tests `buildah` (builds and runs the container image without a
+#   Docker engine), `docker-compose` (validates deploy/compose.yaml) and
+#   `curl`;
+# - a Python virtual environment (outside the clone, in the CI cache) with
+#   pinned helm-python-sdk (Helm's Go SDK: renders and lints the chart) and
+#   kubernetes-validate (Kubernetes' JSON schemas);
 # - tansu, the Apache-Kafka-compatible broker the Kafka tests start
 #   (`cargo install tansu --locked --features dynostore`, ~15 min the first
 #   time; the binary stays in ~/.cargo/bin afterwards).
@@ -21,7 +27,8 @@ fi
 rustup show active-toolchain >/dev/null
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
-DEBIAN_PACKAGES=(make gcc g++ cmake pkgconf libssl-dev zlib1g-dev prometheus)
+DEBIAN_PACKAGES=(make gcc g++ cmake pkgconf libssl-dev zlib1g-dev prometheus
+    buildah docker-compose curl python3-venv)
 missing=()
 for p in "${DEBIAN_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -41,6 +48,15 @@ if ! command -v tansu >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin
     # Its own temporary target directory: not the workspace's cache.
     env -u CARGO_TARGET_DIR cargo install tansu --version "$TANSU_VERSION" --locked \
         --features dynostore --quiet
+fi
+
+# The chart tests' Python tools; versions pinned so a render is repeatable.
+HELM_VENV="${SESAME_PY_VENV:-$HOME/.cache/sesame-ci/pyvenv}"
+PY_PACKAGES=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 PyYAML==6.0.2)
+if ! "$HELM_VENV/bin/python" -c 'import helm_python, kubernetes_validate, yaml' >/dev/null 2>&1; then
+    echo "setup: creating the chart-test Python environment in $HELM_VENV"
+    python3 -m venv "$HELM_VENV"
+    "$HELM_VENV/bin/pip" install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
 fi
 
 cargo --version
