@@ -70,6 +70,11 @@ pub struct Config {
     /// and closing the listener, so load balancers stop sending first. In
     /// Kubernetes set it above readiness period × failure threshold.
     pub shutdown_announce_seconds: u64,
+    /// Seconds after which the server asks a client connection to go away
+    /// (HTTP/2 GOAWAY; calls in flight finish, within 120 s), so that
+    /// long-lived clients reconnect and spread over replicas added since.
+    /// 0: connections live as long as the client keeps them.
+    pub max_connection_age_seconds: u64,
     pub dispatcher: DispatcherSection,
     pub guard: GuardSection,
     pub quotas: QuotaSection,
@@ -197,6 +202,7 @@ impl Default for Config {
             watch_resync_ms: 5_000,
             shutdown_grace_seconds: 10,
             shutdown_announce_seconds: 0,
+            max_connection_age_seconds: 0,
             dispatcher: DispatcherSection::default(),
             guard: GuardSection::default(),
             quotas: QuotaSection::default(),
@@ -232,7 +238,7 @@ impl Config {
             let _: Config = toml::Value::Table(file_table.clone())
                 .try_into()
                 .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
-            merge(&mut table, file_table);
+            merge(&mut table, file_table, "");
         }
         for (name, value) in env {
             let Some(rest) = name.strip_prefix("SESAME_") else {
@@ -379,6 +385,12 @@ impl Config {
             self.watch_resync_ms
         );
         anyhow::ensure!(
+            self.max_connection_age_seconds == 0
+                || (10..=86_400).contains(&self.max_connection_age_seconds),
+            "max_connection_age_seconds = {}: 0 (no limit) or 10-86400",
+            self.max_connection_age_seconds
+        );
+        anyhow::ensure!(
             self.dispatcher.concurrency >= 1,
             "dispatcher.concurrency must be at least 1"
         );
@@ -502,10 +514,30 @@ fn key_exists(table: &toml::Table, path: &[String]) -> bool {
     t.contains_key(last)
 }
 
-fn merge(base: &mut toml::Table, over: toml::Table) {
+/// Tables that hold data (one entry per datacenter, tenant, app or
+/// property), not settings: a file's table replaces the default whole, so
+/// `replication = { eu-west = 3 }` does not keep the default's `datacenter1`.
+const DATA_TABLES: &[&str] = &[
+    "scylla.replication",
+    "kafka.properties",
+    "guard.tenants",
+    "quotas.tenants",
+    "push_apps",
+];
+
+fn merge(base: &mut toml::Table, over: toml::Table, prefix: &str) {
     for (k, v) in over {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (Some(toml::Value::Table(b)), toml::Value::Table(o))
+                if !DATA_TABLES.contains(&path.as_str()) =>
+            {
+                merge(b, o, &path)
+            }
             (_, v) => {
                 base.insert(k, v);
             }
@@ -578,6 +610,26 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_files_data_tables_replace_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[scylla]\nlocal_datacenter = \"eu-west\"\n[scylla.replication]\neu-west = 3\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&f), &BTreeMap::new()).unwrap();
+        assert_eq!(
+            c.scylla.replication,
+            BTreeMap::from([("eu-west".to_string(), 3)]),
+            "the default datacenter1 must not survive"
+        );
+        // Settings tables still merge key by key.
+        assert_eq!(c.scylla.local_datacenter, "eu-west");
+        assert_eq!(c.scylla.page_size, Config::default().scylla.page_size);
     }
 
     #[test]

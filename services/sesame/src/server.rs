@@ -430,7 +430,16 @@ impl Sesame {
         });
         let grace = Duration::from_secs(config.shutdown_grace_seconds);
         let (drain_started_tx, drain_started) = tokio::sync::oneshot::channel::<()>();
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if config.max_connection_age_seconds > 0 {
+            // Behind an L4 load balancer (a Kubernetes Service) a client's
+            // one HTTP/2 connection pins it to one replica; asking it to
+            // reconnect now and then spreads clients over new replicas.
+            builder = builder
+                .max_connection_age(Duration::from_secs(config.max_connection_age_seconds))
+                .max_connection_age_grace(Duration::from_secs(120));
+        }
+        let server = builder
             // Metrics outermost, so shed calls are counted with their status.
             .layer(sesame_grpc::metrics::GrpcMetricsLayer)
             .layer(sesame_grpc::admission::AdmissionLayer::new(
