@@ -158,6 +158,18 @@ def documents(rendered):
     return docs
 
 
+def dockerfile_env():
+    """ENV of deploy/Dockerfile's runtime stage: what every container starts with."""
+    text = (ROOT / "deploy/Dockerfile").read_text().replace("\\\n", " ")
+    runtime = text.rsplit("\nFROM ", 1)[1]
+    env = {}
+    for line in runtime.splitlines():
+        if line.startswith("ENV "):
+            env.update(dict(re.findall(r"(\w+)=(\S+)", line)))
+    assert "SESAME_LISTEN" in env, "the Dockerfile's ENV was not found"
+    return env
+
+
 def binary_defaults():
     """The binary's own default configuration, as it prints it."""
     out = subprocess.run(
@@ -315,7 +327,12 @@ class ChartRenders(unittest.TestCase):
                         self.assertEqual(c["livenessProbe"]["httpGet"]["path"], "/live")
                         self.assertEqual(c["livenessProbe"]["httpGet"]["port"], "admin")
                         self.assertEqual(c["startupProbe"]["httpGet"]["path"], "/live")
-                        self.assertIn("grpc", c["readinessProbe"])
+                        role = d["metadata"]["labels"]["app.kubernetes.io/component"]
+                        if role == "dispatcher":
+                            # Serves no calls: ready while Kafka answers and not draining.
+                            self.assertEqual(c["readinessProbe"]["httpGet"]["path"], "/ready")
+                        else:
+                            self.assertIn("grpc", c["readinessProbe"])
                         self.assertIn("cpu", c["resources"]["requests"])
 
     def test_ports_are_the_binarys_defaults_and_line_up(self):
@@ -332,16 +349,21 @@ class ChartRenders(unittest.TestCase):
                         c = d["spec"]["template"]["spec"]["containers"][0]
                         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
                         self.assertEqual(ports, {"grpc": grpc_port, "admin": admin_port})
-                        self.assertEqual(c["readinessProbe"]["grpc"]["port"], grpc_port)
+                        if "grpc" in c["readinessProbe"]:
+                            self.assertEqual(c["readinessProbe"]["grpc"]["port"], grpc_port)
+                        # The addresses the process binds: set on the
+                        # container, where they win over the image's ENV.
+                        env = {e["name"]: e.get("value") for e in c["env"]}
+                        self.assertEqual(env["SESAME_LISTEN"], f"0.0.0.0:{grpc_port}")
+                        self.assertEqual(env["SESAME_ADMIN_LISTEN"], f"0.0.0.0:{admin_port}")
                     if d["kind"] == "Service":
                         ports = {p["name"]: p for p in d["spec"]["ports"]}
                         self.assertEqual(ports["grpc"]["appProtocol"], "grpc")
                         self.assertEqual(ports["grpc"]["targetPort"], "grpc")
                         self.assertEqual(ports["admin"]["targetPort"], "admin")
                     if d["kind"] == "ConfigMap":
-                        toml = d["data"]["sesame.toml"]
-                        self.assertIn(f'"listen" = "0.0.0.0:{grpc_port}"', toml)
-                        self.assertIn(f'"admin_listen" = "0.0.0.0:{admin_port}"', toml)
+                        # The image's ENV would override these in a file.
+                        self.assertNotIn('"listen"', d["data"]["sesame.toml"])
 
     def test_termination_waits_for_the_whole_drain(self):
         values = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -416,7 +438,8 @@ class ChartRenders(unittest.TestCase):
                     continue
                 c = d["spec"]["template"]["spec"]["containers"][0]
                 role = next((a.split("=", 1)[1] for a in c["args"] if a.startswith("--roles=")), None)
-                env = {"PATH": os.environ.get("PATH", "")}
+                # The image's ENV first, then the container's, as at run time.
+                env = {"PATH": os.environ.get("PATH", ""), **dockerfile_env()}
                 for e in c.get("env", []):
                     if "value" in e:
                         env[e["name"]] = e["value"]
@@ -433,6 +456,9 @@ class ChartRenders(unittest.TestCase):
                         args.append(f"--roles={role}")
                     run = subprocess.run(args, capture_output=True, text=True, env=env)
                     self.assertEqual(run.returncode, 0, run.stderr)
+                    self.assertIn('listen = "0.0.0.0:50051"', run.stdout)
+                    if name == "distributed":
+                        self.assertIn("[scylla.replication]\neu-central = 3\neu-west = 3\n", run.stdout)
                     self.assertNotIn("sk_0123456789abcdef", run.stdout, "check-config must redact the key")
                     if name == "distributed-tls-sasl":
                         self.assertIn('sasl_password_file = "/etc/sesame/secrets/kafka-sasl/password"', run.stdout)
@@ -504,6 +530,18 @@ class BadValuesFail(unittest.TestCase):
             "every role is disabled",
         ),
         ("a bad image digest", {"image": {"digest": "latest"}}, "/image/digest"),
+        (
+            "a ScyllaDB password secret without a user",
+            merged(DISTRIBUTED, {"scylla": {"existingSecret": "scylla-auth"}}),
+            "scylla.username must name the ScyllaDB user",
+        ),
+        (
+            "a Kafka password in config",
+            {"config": {"kafka": {"properties": {"sasl.password": "x"}}}},
+            "config.kafka.properties.sasl.password: no secrets in config",
+        ),
+        ("push apps in config", {"config": {"push_apps": {}}}, "configure push apps with push.apps"),
+        ("a chart-owned key in config", {"config": {"listen": "0.0.0.0:1"}}, "config.listen is set by the chart"),
     ]
 
     def test_bad_values_fail_with_a_clear_message(self):

@@ -115,12 +115,12 @@ app.kubernetes.io/component: {{ .role }}
 {{- $v := .Values -}}
 {{- $fullname := include "sesame.fullname" . -}}
 {{- $sec := include "sesame.secretDir" . -}}
+{{- /* listen, admin_listen, data_dir and log_format are set as SESAME_*
+       variables on the container (they would override a file anyway: the
+       image sets them). */}}
 {{- $c := dict
-  "listen" (printf "0.0.0.0:%d" (int $v.ports.grpc))
-  "admin_listen" (printf "0.0.0.0:%d" (int $v.ports.admin))
-  "data_dir" "/data"
-  "log_format" "json"
   "log_level" $v.logLevel
+  "max_connection_age_seconds" (int $v.maxConnectionAgeSeconds)
   "dev_tenant" $v.devTenant.enabled
   "push_provider" $v.push.provider
   "shutdown_grace_seconds" (int $v.shutdown.graceSeconds)
@@ -161,6 +161,10 @@ app.kubernetes.io/component: {{ .role }}
 {{- $k := $v.kafka -}}
 {{- if or $k.tls.enabled $k.sasl.enabled -}}
 {{- $_ := set $props "security.protocol" (printf "%s%s" (ternary "SASL_" "" $k.sasl.enabled) (ternary "SSL" "PLAINTEXT" $k.tls.enabled)) -}}
+{{- end -}}
+{{- if and $k.tls.enabled (not $k.tls.existingSecret) -}}
+{{- /* Public CAs: the image's bundle (librdkafka would look for OpenSSL's default directory). */ -}}
+{{- $_ := set $props "ssl.ca.location" "/etc/ssl/certs/ca-certificates.crt" -}}
 {{- end -}}
 {{- if and $k.tls.enabled $k.tls.existingSecret -}}
 {{- $_ := set $props "ssl.ca.location" (printf "%s/kafka-tls/%s" $sec $k.tls.caKey) -}}
@@ -218,6 +222,7 @@ app.kubernetes.io/component: {{ .role }}
 {{- if not $v.scylla.localDatacenter -}}{{- fail "scylla.localDatacenter is required in distributed mode (the datacenter these pods run in, as ScyllaDB names it)" -}}{{- end -}}
 {{- if not $v.kafka.bootstrapServers -}}{{- fail "kafka.bootstrapServers is required in distributed mode (e.g. [kafka-0.kafka:9092])" -}}{{- end -}}
 {{- if and $v.migrate.enabled (not $v.scylla.replication) -}}{{- fail "scylla.replication is required when migrate.enabled (replication factor per datacenter, e.g. {eu-west: 3})" -}}{{- end -}}
+{{- if and $v.scylla.existingSecret (not $v.scylla.username) -}}{{- fail "scylla.existingSecret is set: scylla.username must name the ScyllaDB user whose password it holds" -}}{{- end -}}
 {{- if and $v.scylla.username (not $v.scylla.existingSecret) -}}{{- fail "scylla.username is set: scylla.existingSecret must name the Secret holding its password" -}}{{- end -}}
 {{- if and $v.kafka.sasl.enabled (not $v.kafka.sasl.existingSecret) -}}{{- fail "kafka.sasl.enabled: kafka.sasl.existingSecret must name the Secret holding the SASL password" -}}{{- end -}}
 {{- if and $v.kafka.sasl.enabled (not $v.kafka.sasl.username) -}}{{- fail "kafka.sasl.enabled: kafka.sasl.username is required" -}}{{- end -}}
@@ -225,6 +230,14 @@ app.kubernetes.io/component: {{ .role }}
 {{- if and $v.scylla.tls.certKey (not $v.scylla.tls.keyKey) -}}{{- fail "scylla.tls.certKey is set: scylla.tls.keyKey must name the client key" -}}{{- end -}}
 {{- if eq (include "sesame.roles" . ) "[]" -}}{{- fail "roles: every role is disabled; enable at least one" -}}{{- end -}}
 {{- if and $v.roles.dispatcher.autoscaling.enabled (gt (int $v.roles.dispatcher.autoscaling.maxReplicas) (int $v.kafka.pushPartitions)) -}}{{- fail (printf "roles.dispatcher.autoscaling.maxReplicas (%d) is above kafka.pushPartitions (%d): the extra dispatchers would get no partition" (int $v.roles.dispatcher.autoscaling.maxReplicas) (int $v.kafka.pushPartitions)) -}}{{- end -}}
+{{- end -}}
+{{- /* Secrets never go into the ConfigMap through `config`. */ -}}
+{{- if hasKey $v.config "push_apps" -}}{{- fail "config.push_apps: configure push apps with push.apps (credentials come from Secrets), not config" -}}{{- end -}}
+{{- range $key, $_ := (default dict (default dict $v.config.kafka).properties) -}}
+{{- if regexMatch "(?i)password|secret|jaas" $key -}}{{- fail (printf "config.kafka.properties.%s: no secrets in config (it is rendered into a ConfigMap); use kafka.sasl.existingSecret" $key) -}}{{- end -}}
+{{- end -}}
+{{- range $key := list "dev_tenant_key" "listen" "admin_listen" "data_dir" "log_format" "storage" "queue" -}}
+{{- if hasKey $v.config $key -}}{{- fail (printf "config.%s is set by the chart (from its own values); remove it from config" $key) -}}{{- end -}}
 {{- end -}}
 {{- if and (eq $v.push.provider "simulator") $v.push.apps -}}{{- fail "push.apps are configured but push.provider is simulator: set push.provider=apns_fcm" -}}{{- end -}}
 {{- if and (eq $v.push.provider "apns_fcm") (not $v.push.apps) -}}{{- fail "push.provider=apns_fcm needs push.apps (each tenant app's APNs key or FCM service account)" -}}{{- end -}}

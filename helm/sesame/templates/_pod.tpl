@@ -70,6 +70,16 @@ spec:
         - --config=/etc/sesame/config/sesame.toml
         - --roles={{ $role }}
       env:
+        # Set here, not in the ConfigMap: the image's own SESAME_* defaults
+        # would override the file.
+        - name: SESAME_LISTEN
+          value: {{ printf "0.0.0.0:%d" (int $v.ports.grpc) | quote }}
+        - name: SESAME_ADMIN_LISTEN
+          value: {{ printf "0.0.0.0:%d" (int $v.ports.admin) | quote }}
+        - name: SESAME_DATA_DIR
+          value: /data
+        - name: SESAME_LOG_FORMAT
+          value: json
         {{- if and $v.devTenant.enabled (or (eq $role "challenge") (eq $role "all")) }}
         # The dev tenant's key, from a Secret: every replica accepts the same one.
         - name: SESAME_DEV_TENANT_KEY
@@ -113,8 +123,17 @@ spec:
         failureThreshold: {{ $v.probes.liveness.failureThreshold }}
         timeoutSeconds: {{ $v.probes.liveness.timeoutSeconds }}
       readinessProbe:
+        {{- if eq $role "dispatcher" }}
+        # A dispatcher serves no calls: it is ready while a Kafka broker
+        # answers and it is not draining (/ready).
+        httpGet:
+          path: /ready
+          port: admin
+        {{- else }}
+        # gRPC health: NOT_SERVING from the moment the pod starts draining.
         grpc:
           port: {{ $v.ports.grpc }}
+        {{- end }}
         periodSeconds: {{ $v.probes.readiness.periodSeconds }}
         failureThreshold: {{ $v.probes.readiness.failureThreshold }}
         timeoutSeconds: {{ $v.probes.readiness.timeoutSeconds }}
@@ -171,6 +190,9 @@ spec:
       {{- if and (eq $role "all") $v.embedded.persistence.enabled }}
       persistentVolumeClaim:
         claimName: {{ default (printf "%s-data" (include "sesame.fullname" $root)) $v.embedded.persistence.existingClaim }}
+      {{- else if eq $role "all" }}
+      # No persistence asked for: the store lives and dies with the pod.
+      emptyDir: {}
       {{- else }}
       emptyDir:
         sizeLimit: 64Mi
