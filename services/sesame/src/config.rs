@@ -613,6 +613,20 @@ mod tests {
     }
 
     #[test]
+    fn connection_age_is_off_or_at_least_ten_seconds() {
+        for (raw, ok) in [
+            ("0", true),
+            ("10", true),
+            ("300", true),
+            ("5", false),
+            ("100000", false),
+        ] {
+            let r = Config::load(None, &env(&[("SESAME_MAX_CONNECTION_AGE_SECONDS", raw)]));
+            assert_eq!(r.is_ok(), ok, "{raw}: {r:?}");
+        }
+    }
+
+    #[test]
     fn a_files_data_tables_replace_the_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
