@@ -44,9 +44,12 @@ curl -fsS "http://127.0.0.1:$ADMIN_PORT/ready" >/dev/null || { echo "test-image:
 
 out="$("$BIN" demo --server "http://127.0.0.1:$GRPC_PORT" --data-dir "$data" --timeout 20)"
 echo "$out" | tail -n 2
-echo "$out" | grep -q '^verdict: APPROVED$'
+grep -q '^verdict: APPROVED$' <<<"$out"
 # Written inside the container, as the non-root user, into the mounted /data.
 [ "$(stat -c %u "$data/sesame.redb")" = 65532 ]
-curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" | grep -q '^sesame_challenges_created_total{tenant="dev"} 1'
+# Read whole, then searched: `curl | grep -q` fails under pipefail when grep
+# stops reading first (curl exits 23).
+metrics="$(curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics")"
+grep -q '^sesame_challenges_created_total{tenant="dev"} 1' <<<"$metrics"
 grep -q '"level":"INFO"' "$data/serve.log"
 echo "test-image: sesame serve inside $IMAGE approved a login"
