@@ -21,9 +21,11 @@ const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// Verdicts take human time, up to the 600 s maximum TTL.
+/// Verdicts take human time, up to the 600 s maximum TTL; the sub-second
+/// buckets show answers no person could give that fast (scripted phones,
+/// load tests), which would otherwise all fall into the first bucket.
 const VERDICT_BUCKETS: &[f64] = &[
-    1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 90.0, 120.0, 300.0, 600.0,
+    0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 90.0, 120.0, 300.0, 600.0,
 ];
 
 static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
