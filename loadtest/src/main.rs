@@ -84,6 +84,16 @@ enum Scenario {
         #[arg(long, default_value_t = 50.0)]
         attack_rate: f64,
     },
+    /// Normal logins at `rate` while new phones enroll at `enroll_rate` a
+    /// second (a launch-day wave of sign-ups).
+    EnrollStorm {
+        #[arg(long)]
+        rate: f64,
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        #[arg(long, default_value_t = 500.0)]
+        enroll_rate: f64,
+    },
     /// Steps up the rate until p99 passes the target (or logins fail or are
     /// refused above 1 %): the capacity is the last step that passed.
     Ramp {
@@ -125,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
         population,
         Options {
             api_key,
+            server_url: cli.server.clone(),
             think: Duration::from_millis(cli.think_ms),
             push_timeout: Duration::from_millis(cli.push_timeout_ms),
             max_in_flight: cli.max_in_flight.max(1),
@@ -169,6 +180,27 @@ async fn main() -> anyhow::Result<()> {
                 bomb["attack_sent"], bomb["attack_accepted"], bomb["attack_refused_by_guard"], bomb["victim_pushes_received"]
             );
             (r, Some(("push_bomb", bomb)))
+        }
+        Scenario::EnrollStorm {
+            rate,
+            secs,
+            enroll_rate,
+        } => {
+            check_rate(rate)?;
+            check_rate(enroll_rate)?;
+            let (r, storm) = engine
+                .enroll_storm(&[Phase { rate, secs }], enroll_rate)
+                .await;
+            println!(
+                "enroll-storm: {} enrollments offered, {} enrolled ({:.0}/s), {} refused; enroll p50 {} / p99 {} ms",
+                storm["counts"]["offered"].as_u64().unwrap_or(0),
+                storm["counts"]["enrolled"].as_u64().unwrap_or(0),
+                storm["enrolled_per_sec"].as_f64().unwrap_or(0.0),
+                storm["counts"]["refused"].as_u64().unwrap_or(0),
+                storm["enroll_ms"]["p50"],
+                storm["enroll_ms"]["p99"]
+            );
+            (r, Some(("enroll_storm", storm)))
         }
         Scenario::Ramp {
             start,

@@ -184,6 +184,45 @@ async fn enroll_one(
     }
 }
 
+/// One enrollment, once (no retry): `Err` carries the gRPC code of the
+/// step that failed (`None`: not a gRPC refusal).
+pub async fn enroll_once(
+    channel: &Channel,
+    url: &str,
+    api_key: &str,
+    user: &str,
+) -> Result<SimDevice, Option<tonic::Code>> {
+    let request = authed(
+        api_key,
+        pb::BeginEnrollmentRequest {
+            user_id: user.to_owned(),
+            ttl_seconds: 0,
+        },
+    )
+    .map_err(|_| None)?;
+    let token = EnrollmentServiceClient::new(channel.clone())
+        .begin_enrollment(request)
+        .await
+        .map_err(|s| Some(s.code()))?
+        .into_inner()
+        .enrollment_token;
+    let push_token = format!("lt-storm-{}", random_hex());
+    SimDevice::enroll(
+        channel.clone(),
+        url,
+        &token,
+        KeyAlgorithm::EcdsaP256Sha256,
+        Platform::Android,
+        &push_token,
+        "load test phone",
+    )
+    .await
+    .map_err(|e| match e {
+        sesame_device_sim::SimError::Rpc(s) => Some(s.code()),
+        _ => None,
+    })
+}
+
 fn random_hex() -> String {
     sesame_core::ids::random_bytes::<8>()
         .iter()

@@ -21,6 +21,8 @@ use crate::report::{Report, Second};
 #[derive(Debug, Clone)]
 pub struct Options {
     pub api_key: String,
+    /// The server's URL (the device API, where new phones enroll).
+    pub server_url: String,
     /// Time the user takes to read and approve (not counted in latency).
     pub think: Duration,
     /// How long a phone waits for its push before the login counts as failed.
@@ -222,6 +224,89 @@ impl Engine {
             "victim_pushes_received": received.len(),
         });
         (report, extra)
+    }
+
+    /// `enroll-storm`: normal logins at `phases` while a launch-day wave of
+    /// new phones enrolls, open loop, at `enroll_rate` a second (each one
+    /// `BeginEnrollment`, a fresh P-256 key, a signed `CompleteEnrollment`).
+    /// Reports the logins, and the enrollments' counts and latency.
+    pub async fn enroll_storm(
+        &self,
+        phases: &[Phase],
+        enroll_rate: f64,
+    ) -> (Report, serde_json::Value) {
+        let total: u64 = phases.iter().map(|p| p.secs).sum();
+        let (channel, key) = (self.channel.clone(), self.options.api_key.clone());
+        let url = self.options.server_url.clone();
+        let max_in_flight = self.options.max_in_flight;
+        let storm = tokio::spawn(async move {
+            let latency = Arc::new(Mutex::new(histogram()));
+            let counts = Arc::new(Mutex::new(std::collections::BTreeMap::<String, u64>::new()));
+            let in_flight = Arc::new(AtomicUsize::new(0));
+            let mut tasks = tokio::task::JoinSet::new();
+            let start = Instant::now();
+            let end = start + Duration::from_secs(total);
+            let tag = sesame_core::ids::random_bytes::<4>()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>();
+            let count = |counts: &Mutex<std::collections::BTreeMap<String, u64>>, k: &str| {
+                if let Ok(mut c) = counts.lock() {
+                    *c.entry(k.to_owned()).or_default() += 1;
+                }
+            };
+            let mut k = 0u64;
+            loop {
+                let at = start + Duration::from_secs_f64(k as f64 / enroll_rate.max(0.01));
+                if at >= end {
+                    break;
+                }
+                tokio::time::sleep_until(at.into()).await;
+                k += 1;
+                count(&counts, "offered");
+                if in_flight.load(Ordering::Relaxed) >= max_in_flight {
+                    count(&counts, "client_dropped");
+                    continue;
+                }
+                in_flight.fetch_add(1, Ordering::Relaxed);
+                let (channel, key, url) = (channel.clone(), key.clone(), url.clone());
+                let (latency, counts, in_flight) =
+                    (latency.clone(), counts.clone(), in_flight.clone());
+                let user = format!("storm-{tag}-{k}");
+                tasks.spawn(async move {
+                    let outcome = crate::population::enroll_once(&channel, &url, &key, &user).await;
+                    match outcome {
+                        Ok(_) => {
+                            Tally::record(&latency, at.elapsed());
+                            count(&counts, "enrolled");
+                        }
+                        Err(Some(Code::Unavailable)) => count(&counts, "refused"),
+                        Err(code) => count(&counts, &format!("failed_{code:?}")),
+                    }
+                    in_flight.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+            let secs = start.elapsed().as_secs_f64();
+            let counts = counts.lock().map(|c| c.clone()).unwrap_or_default();
+            let h = latency
+                .lock()
+                .map(|h| h.clone())
+                .unwrap_or_else(|_| histogram());
+            let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+            serde_json::json!({
+                "enroll_rate": enroll_rate,
+                "secs": total,
+                "counts": counts,
+                "enrolled_per_sec": counts.get("enrolled").copied().unwrap_or(0) as f64 / secs.max(1e-9),
+                "enroll_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": h.max() as f64 / 1000.0},
+            })
+        });
+        let report = self.run("enroll-storm", phases).await;
+        let storm = storm
+            .await
+            .unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}));
+        (report, storm)
     }
 
     /// Runs `phases` back to back and reports.

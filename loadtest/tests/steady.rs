@@ -48,6 +48,7 @@ async fn a_steady_run_approves_every_scheduled_login() {
         population,
         Options {
             api_key: key,
+            server_url: url.clone(),
             think: Duration::from_millis(20),
             push_timeout: Duration::from_secs(10),
             max_in_flight: 1_000,
@@ -76,4 +77,63 @@ async fn a_steady_run_approves_every_scheduled_login() {
     assert!(r.max_rss_mib.is_some_and(|m| m > 1.0));
     assert!(r.server_cpu_ms_per_login.is_some());
     assert!(r.svg().contains("<polyline"));
+}
+
+/// `enroll-storm`: every scheduled enrollment of the wave is made, with a
+/// real key and a signed completion, while the logins still all succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enroll_storm_enrolls_every_scheduled_phone_and_logins_go_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let config = Config {
+        listen: addr.to_string(),
+        admin_listen: String::new(),
+        data_dir: dir.path().to_path_buf(),
+        storage: "memory".into(),
+        ..Config::default()
+    };
+    let app = Sesame::open(config).await.expect("open");
+    let key_file = app
+        .ensure_dev_tenant()
+        .await
+        .expect("tenant")
+        .expect("a key file");
+    let key = std::fs::read_to_string(key_file)
+        .expect("key")
+        .trim()
+        .to_owned();
+    tokio::spawn(app.serve(listener, std::future::pending()));
+    let url = format!("http://{addr}");
+    // Ten phones, one login each: the default guard (one pending, five
+    // prompts per user) stays in force.
+    let population = Population::enroll(&url, &key, "storm-base", 10, 4)
+        .await
+        .expect("enroll");
+    let channel = sesame_device_sim::connect(&url).await.expect("connect");
+    let engine = Engine::new(
+        channel,
+        population,
+        Options {
+            api_key: key,
+            server_url: url.clone(),
+            think: Duration::from_millis(10),
+            push_timeout: Duration::from_secs(10),
+            max_in_flight: 1_000,
+            server_pid: None,
+            progress: false,
+        },
+    );
+    let (r, storm) = engine
+        .enroll_storm(&[Phase { rate: 5.0, secs: 2 }], 25.0)
+        .await;
+    assert_eq!(r.approved, 10, "{}", r.summary());
+    assert_eq!(storm["counts"]["offered"], 50, "{storm}");
+    assert_eq!(storm["counts"]["enrolled"], 50, "{storm}");
+    assert!(
+        storm["enroll_ms"]["p99"].as_f64().is_some_and(|p| p > 0.0),
+        "{storm}"
+    );
 }
