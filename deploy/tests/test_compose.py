@@ -20,22 +20,13 @@ from pathlib import Path
 
 import yaml
 
+from dockerfile import runtime_env
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
 SESAME_BIN = os.environ.get("SESAME_BIN", "")
 SESAME_IMAGE = "sesame:dev"
-
-
-def dockerfile_env():
-    """ENV of the runtime stage of deploy/Dockerfile."""
-    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
-    runtime = text.rsplit("\nFROM ", 1)[1]
-    env = {}
-    for line in runtime.splitlines():
-        if line.startswith("ENV "):
-            env.update(dict(re.findall(r"(\w+)=(\S+)", line)))
-    return env
 
 
 def volume(v):
@@ -64,7 +55,7 @@ class ComposeFile(unittest.TestCase):
         assert run.returncode == 0, run.stderr
         cls.config = yaml.safe_load(run.stdout)
         cls.services = cls.config["services"]
-        cls.image_env = dockerfile_env()
+        cls.image_env = runtime_env()
         cls.sesame_services = {n: s for n, s in cls.services.items() if s.get("image") == SESAME_IMAGE}
 
     def test_it_has_every_part_of_the_distributed_setup(self):

@@ -7,11 +7,13 @@ Run by scripts/test-deploy.sh (the README's test command):
     SESAME_BIN=target/debug/sesame python -m unittest discover -s helm/tests
 """
 
+import base64
 import copy
 import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import unittest
 from pathlib import Path
@@ -19,6 +21,10 @@ from pathlib import Path
 import helm_python
 import kubernetes_validate
 import yaml
+
+# deploy/tests/dockerfile.py: the image's ENV, shared with the compose tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "deploy" / "tests"))
+from dockerfile import runtime_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "sesame"
@@ -158,18 +164,6 @@ def documents(rendered):
     return docs
 
 
-def dockerfile_env():
-    """ENV of deploy/Dockerfile's runtime stage: what every container starts with."""
-    text = (ROOT / "deploy/Dockerfile").read_text().replace("\\\n", " ")
-    runtime = text.rsplit("\nFROM ", 1)[1]
-    env = {}
-    for line in runtime.splitlines():
-        if line.startswith("ENV "):
-            env.update(dict(re.findall(r"(\w+)=(\S+)", line)))
-    assert "SESAME_LISTEN" in env, "the Dockerfile's ENV was not found"
-    return env
-
-
 def binary_defaults():
     """The binary's own default configuration, as it prints it."""
     out = subprocess.run(
@@ -264,10 +258,8 @@ class ChartRenders(unittest.TestCase):
             self.assertIn(name, deployments)
             # The HPA owns the replica count; a fixed one would fight it on every upgrade.
             self.assertNotIn("replicas", deployments[name]["spec"])
-        self.assertLessEqual(
-            hpas["sesame-dispatcher"]["spec"]["maxReplicas"],
-            VALUE_SETS["distributed"].get("kafka", {}).get("pushPartitions", 12),
-        )
+        partitions = yaml.safe_load((CHART / "values.yaml").read_text())["kafka"]["pushPartitions"]
+        self.assertLessEqual(hpas["sesame-dispatcher"]["spec"]["maxReplicas"], partitions)
         self.assertEqual(self.kinds("autoscaling-off", "HorizontalPodAutoscaler"), [])
         fixed = {d["metadata"]["name"]: d["spec"]["replicas"] for d in self.kinds("autoscaling-off", "Deployment")}
         self.assertEqual(fixed["sesame-challenge"], 6)
@@ -394,9 +386,9 @@ class ChartRenders(unittest.TestCase):
 
     def test_no_secret_material_outside_secrets(self):
         for name, rendered in self.rendered.items():
-            secrets = [d for _, d in documents(rendered) if d["kind"] == "Secret"]
+            secrets = [d for _, d in self.docs[name] if d["kind"] == "Secret"]
             secret_values = [
-                __import__("base64").b64decode(v).decode() for s in secrets for v in s.get("data", {}).values()
+                base64.b64decode(v).decode() for s in secrets for v in s.get("data", {}).values()
             ]
             for path, text in rendered.items():
                 if "secret.yaml" in path:
@@ -407,7 +399,7 @@ class ChartRenders(unittest.TestCase):
                     self.assertNotIn('"private_key"', text)
                     for v in secret_values:
                         self.assertNotIn(v, text)
-            for _, d in documents(rendered):
+            for _, d in self.docs[name]:
                 if d["kind"] not in ("Deployment", "Job"):
                     continue
                 for c in d["spec"]["template"]["spec"]["containers"]:
@@ -439,7 +431,7 @@ class ChartRenders(unittest.TestCase):
                 c = d["spec"]["template"]["spec"]["containers"][0]
                 role = next((a.split("=", 1)[1] for a in c["args"] if a.startswith("--roles=")), None)
                 # The image's ENV first, then the container's, as at run time.
-                env = {"PATH": os.environ.get("PATH", ""), **dockerfile_env()}
+                env = {"PATH": os.environ.get("PATH", ""), **runtime_env()}
                 for e in c.get("env", []):
                     if "value" in e:
                         env[e["name"]] = e["value"]
@@ -468,7 +460,7 @@ class ChartRenders(unittest.TestCase):
 
     def test_the_dev_tenant_key_is_a_valid_api_key(self):
         (secret,) = self.kinds("defaults", "Secret")
-        key = __import__("base64").b64decode(secret["data"]["api-key"]).decode()
+        key = base64.b64decode(secret["data"]["api-key"]).decode()
         self.assertRegex(key, r"^sk_[0-9a-f]{16}_[A-Za-z0-9]{43}$")
         self.assertEqual(secret["metadata"]["annotations"]["helm.sh/resource-policy"], "keep")
         self.assertEqual(self.kinds("embedded-trial", "Secret"), [], "existingSecret: none created")

@@ -142,88 +142,63 @@ async fn enroll_one(
 ) -> anyhow::Result<SimDevice> {
     let mut attempt = 0;
     loop {
-        let r = async {
-            let token = EnrollmentServiceClient::new(channel.clone())
-                .begin_enrollment(authed(
-                    api_key,
-                    pb::BeginEnrollmentRequest {
-                        user_id: user.to_owned(),
-                        ttl_seconds: 0,
-                    },
-                )?)
-                .await?
-                .into_inner()
-                .enrollment_token;
-            let push_token = format!("lt-{prefix}-{i}-{}", random_hex());
-            Ok::<_, anyhow::Error>(
-                SimDevice::enroll(
-                    channel.clone(),
-                    url,
-                    &token,
-                    KeyAlgorithm::EcdsaP256Sha256,
-                    Platform::Android,
-                    &push_token,
-                    "load test phone",
-                )
-                .await?,
-            )
-        }
-        .await;
-        match r {
+        let push_token = format!("lt-{prefix}-{i}-{}", random_hex());
+        match enroll_once(channel, url, api_key, user, &push_token).await {
             Ok(d) => return Ok(d),
             // An overloaded server may shed enrollments: back off and retry.
-            Err(e) if attempt < 20 => {
+            Err(_) if attempt < 19 => {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
-                if attempt == 20 {
-                    return Err(e.context(format!("enrolling {user}")));
-                }
             }
             Err(e) => return Err(e.context(format!("enrolling {user}"))),
         }
     }
 }
 
-/// One enrollment, once (no retry): `Err` carries the gRPC code of the
-/// step that failed (`None`: not a gRPC refusal).
+/// One enrollment, once: `BeginEnrollment` as the tenant, then a fresh
+/// P-256 key and a signed `CompleteEnrollment` as the phone.
 pub async fn enroll_once(
     channel: &Channel,
     url: &str,
     api_key: &str,
     user: &str,
-) -> Result<SimDevice, Option<tonic::Code>> {
-    let request = authed(
-        api_key,
-        pb::BeginEnrollmentRequest {
-            user_id: user.to_owned(),
-            ttl_seconds: 0,
-        },
-    )
-    .map_err(|_| None)?;
+    push_token: &str,
+) -> anyhow::Result<SimDevice> {
     let token = EnrollmentServiceClient::new(channel.clone())
-        .begin_enrollment(request)
-        .await
-        .map_err(|s| Some(s.code()))?
+        .begin_enrollment(authed(
+            api_key,
+            pb::BeginEnrollmentRequest {
+                user_id: user.to_owned(),
+                ttl_seconds: 0,
+            },
+        )?)
+        .await?
         .into_inner()
         .enrollment_token;
-    let push_token = format!("lt-storm-{}", random_hex());
-    SimDevice::enroll(
+    Ok(SimDevice::enroll(
         channel.clone(),
         url,
         &token,
         KeyAlgorithm::EcdsaP256Sha256,
         Platform::Android,
-        &push_token,
+        push_token,
         "load test phone",
     )
-    .await
-    .map_err(|e| match e {
-        sesame_device_sim::SimError::Rpc(s) => Some(s.code()),
-        _ => None,
-    })
+    .await?)
 }
 
-fn random_hex() -> String {
+/// The gRPC code a failed enrollment was refused with, if it was a refusal.
+pub fn grpc_code(e: &anyhow::Error) -> Option<tonic::Code> {
+    if let Some(s) = e.downcast_ref::<tonic::Status>() {
+        return Some(s.code());
+    }
+    match e.downcast_ref::<sesame_device_sim::SimError>() {
+        Some(sesame_device_sim::SimError::Rpc(s)) => Some(s.code()),
+        _ => None,
+    }
+}
+
+pub(crate) fn random_hex() -> String {
     sesame_core::ids::random_bytes::<8>()
         .iter()
         .map(|b| format!("{b:02x}"))

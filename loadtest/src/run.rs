@@ -246,10 +246,7 @@ impl Engine {
             let mut tasks = tokio::task::JoinSet::new();
             let start = Instant::now();
             let end = start + Duration::from_secs(total);
-            let tag = sesame_core::ids::random_bytes::<4>()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>();
+            let tag = crate::population::random_hex();
             let count = |counts: &Mutex<std::collections::BTreeMap<String, u64>>, k: &str| {
                 if let Ok(mut c) = counts.lock() {
                     *c.entry(k.to_owned()).or_default() += 1;
@@ -274,8 +271,11 @@ impl Engine {
                     (latency.clone(), counts.clone(), in_flight.clone());
                 let user = format!("storm-{tag}-{k}");
                 tasks.spawn(async move {
-                    let outcome = crate::population::enroll_once(&channel, &url, &key, &user).await;
-                    match outcome {
+                    let push_token = format!("lt-{user}");
+                    let outcome =
+                        crate::population::enroll_once(&channel, &url, &key, &user, &push_token)
+                            .await;
+                    match outcome.as_ref().map_err(crate::population::grpc_code) {
                         Ok(_) => {
                             Tally::record(&latency, at.elapsed());
                             count(&counts, "enrolled");

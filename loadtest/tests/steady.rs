@@ -7,8 +7,12 @@ use std::time::Duration;
 use sesame::{Config, Sesame};
 use sesame_loadtest::{Engine, Options, Phase, Population};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_steady_run_approves_every_scheduled_login() {
+/// A server with every role in process (memory store) on loopback, with
+/// this push-bombing guard (`None`: the defaults); returns its URL, the
+/// `dev` tenant's key and the directory to keep alive.
+async fn start_server(
+    guard: Option<sesame_ratelimit::GuardPolicy>,
+) -> (String, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -21,11 +25,9 @@ async fn a_steady_run_approves_every_scheduled_login() {
         storage: "memory".into(),
         ..Config::default()
     };
-    config.guard.defaults = sesame_ratelimit::GuardPolicy {
-        one_pending: false,
-        max_prompts: 1_000,
-        ..Default::default()
-    };
+    if let Some(g) = guard {
+        config.guard.defaults = g;
+    }
     let app = Sesame::open(config).await.expect("open");
     let key_file = app
         .ensure_dev_tenant()
@@ -37,8 +39,17 @@ async fn a_steady_run_approves_every_scheduled_login() {
         .trim()
         .to_owned();
     tokio::spawn(app.serve(listener, std::future::pending()));
-    let url = format!("http://{addr}");
+    (format!("http://{addr}"), key, dir)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_run_approves_every_scheduled_login() {
+    let guard = sesame_ratelimit::GuardPolicy {
+        one_pending: false,
+        max_prompts: 1_000,
+        ..Default::default()
+    };
+    let (url, key, _dir) = start_server(Some(guard)).await;
     let population = Population::enroll(&url, &key, "steady", 20, 4)
         .await
         .expect("enroll");
@@ -83,30 +94,7 @@ async fn a_steady_run_approves_every_scheduled_login() {
 /// real key and a signed completion, while the logins still all succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enroll_storm_enrolls_every_scheduled_phone_and_logins_go_on() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let config = Config {
-        listen: addr.to_string(),
-        admin_listen: String::new(),
-        data_dir: dir.path().to_path_buf(),
-        storage: "memory".into(),
-        ..Config::default()
-    };
-    let app = Sesame::open(config).await.expect("open");
-    let key_file = app
-        .ensure_dev_tenant()
-        .await
-        .expect("tenant")
-        .expect("a key file");
-    let key = std::fs::read_to_string(key_file)
-        .expect("key")
-        .trim()
-        .to_owned();
-    tokio::spawn(app.serve(listener, std::future::pending()));
-    let url = format!("http://{addr}");
+    let (url, key, _dir) = start_server(None).await;
     // Ten phones, one login each: the default guard (one pending, five
     // prompts per user) stays in force.
     let population = Population::enroll(&url, &key, "storm-base", 10, 4)

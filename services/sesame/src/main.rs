@@ -240,6 +240,34 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// The configuration as every command loads it: defaults, the file, the
+/// environment, then the command line's overrides (`overrides`), validated
+/// as a whole. `None` after printing why it is invalid (exit with
+/// `EXIT_CONFIG`).
+fn load_config(
+    file: Option<PathBuf>,
+    env: &std::collections::BTreeMap<String, String>,
+    overrides: impl FnOnce(&mut Config),
+) -> Option<Config> {
+    let loaded = Config::load(file.as_deref(), env).and_then(|mut c| {
+        overrides(&mut c);
+        c.validate()?;
+        Ok(c)
+    });
+    match loaded {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("sesame: invalid configuration: {e:#}");
+            None
+        }
+    }
+}
+
+/// `--roles a,b`.
+fn roles_arg(list: &str) -> Vec<String> {
+    list.split(',').map(|s| s.trim().to_owned()).collect()
+}
+
 fn check_config(
     config_file: Option<PathBuf>,
     roles: Option<String>,
@@ -251,19 +279,12 @@ fn check_config(
     for name in &unknown {
         eprintln!("sesame: {name} names no configuration key (ignored by serve)");
     }
-    let loaded = Config::load(config_file.as_deref(), &env).and_then(|mut c| {
+    let Some(config) = load_config(config_file, &env, |c| {
         if let Some(r) = roles {
-            c.roles = r.split(',').map(|s| s.trim().to_owned()).collect();
+            c.roles = roles_arg(&r);
         }
-        c.validate()?;
-        Ok(c)
-    });
-    let config = match loaded {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("sesame: invalid configuration: {e:#}");
-            return Ok(ExitCode::from(EXIT_CONFIG));
-        }
+    }) else {
+        return Ok(ExitCode::from(EXIT_CONFIG));
     };
     if strict_env && !unknown.is_empty() {
         return Ok(ExitCode::from(EXIT_CONFIG));
@@ -281,26 +302,19 @@ async fn serve(
     roles: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
-    let mut config = match Config::load(config_file.as_deref(), &env) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("sesame: invalid configuration: {e:#}");
-            return Ok(ExitCode::from(EXIT_CONFIG));
+    let Some(config) = load_config(config_file, &env, |c| {
+        if let Some(l) = listen {
+            c.listen = l;
         }
-    };
-    if let Some(l) = listen {
-        config.listen = l;
-    }
-    if let Some(d) = data_dir {
-        config.data_dir = d;
-    }
-    if let Some(r) = roles {
-        config.roles = r.split(',').map(|s| s.trim().to_owned()).collect();
-    }
-    if let Err(e) = config.validate() {
-        eprintln!("sesame: invalid configuration: {e:#}");
+        if let Some(d) = data_dir {
+            c.data_dir = d;
+        }
+        if let Some(r) = roles {
+            c.roles = roles_arg(&r);
+        }
+    }) else {
         return Ok(ExitCode::from(EXIT_CONFIG));
-    }
+    };
     let log_control = sesame::telemetry::init_tracing(&config.log_format, &config.log_level);
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
     let mut app = Sesame::open(config).await?;
@@ -327,19 +341,12 @@ async fn migrate(
 ) -> anyhow::Result<ExitCode> {
     use sesame_storage_scylla::{schema, Flavor, FlavorSetting};
     let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
-    let loaded = Config::load(config_file.as_deref(), &env).and_then(|mut c| {
+    let Some(config) = load_config(config_file, &env, |c| {
         if let Some(s) = storage {
             c.storage = s;
         }
-        c.validate()?;
-        Ok(c)
-    });
-    let config = match loaded {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("sesame: invalid configuration: {e:#}");
-            return Ok(ExitCode::from(EXIT_CONFIG));
-        }
+    }) else {
+        return Ok(ExitCode::from(EXIT_CONFIG));
     };
     let Some(scylla) = config.scylla_config()? else {
         eprintln!(
