@@ -112,8 +112,18 @@ VALUE_SETS = {
                 },
             },
             "devTenant": {"enabled": False},
+            "tls": {
+                "enabled": True,
+                "existingSecret": "sesame-tls",
+                "clientCaSecret": "tenant-ca",
+                "internalSecret": "sesame-internal",
+            },
             "metrics": {
-                "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus"}},
+                "serviceMonitor": {
+                    "enabled": True,
+                    "labels": {"release": "kube-prometheus"},
+                    "tlsConfig": {"ca": {"secret": {"name": "sesame-tls", "key": "ca.crt"}}, "serverName": "sesame.auth.svc"},
+                },
                 "prometheusRule": {"enabled": True},
             },
             "config": {"guard": {"defaults": {"max_prompts": 5}}, "admission": {"max_limit": 2000}},
@@ -320,9 +330,16 @@ class ChartRenders(unittest.TestCase):
                         self.assertEqual(c["livenessProbe"]["httpGet"]["port"], "admin")
                         self.assertEqual(c["startupProbe"]["httpGet"]["path"], "/live")
                         role = d["metadata"]["labels"]["app.kubernetes.io/component"]
-                        if role == "dispatcher":
-                            # Serves no calls: ready while Kafka answers and not draining.
+                        tls = name == "distributed-tls-sasl"
+                        scheme = "HTTPS" if tls else "HTTP"
+                        self.assertEqual(c["livenessProbe"]["httpGet"]["scheme"], scheme)
+                        self.assertEqual(c["startupProbe"]["httpGet"]["scheme"], scheme)
+                        if role == "dispatcher" or tls:
+                            # A dispatcher serves no calls: ready while Kafka
+                            # answers and not draining. Over TLS every role:
+                            # the kubelet's gRPC probe has no TLS.
                             self.assertEqual(c["readinessProbe"]["httpGet"]["path"], "/ready")
+                            self.assertEqual(c["readinessProbe"]["httpGet"]["scheme"], scheme)
                         else:
                             self.assertIn("grpc", c["readinessProbe"])
                         self.assertIn("cpu", c["resources"]["requests"])
@@ -416,9 +433,17 @@ class ChartRenders(unittest.TestCase):
                 role = d["metadata"]["labels"]["app.kubernetes.io/component"]
                 vols = d["spec"]["template"]["spec"]["volumes"]
                 mounts[role] = {v["secret"]["secretName"] for v in vols if "secret" in v}
-        self.assertEqual(mounts["dispatcher"], {"kafka-ca", "kafka-sasl", "bank-apns", "bank-fcm"})
+        # Every role serves TLS with the same configuration file.
+        tls = {"sesame-tls", "tenant-ca", "sesame-internal"}
+        self.assertEqual(mounts["dispatcher"], {"kafka-ca", "kafka-sasl", "bank-apns", "bank-fcm"} | tls)
         for role in ["challenge", "verifier", "ratelimit"]:
-            self.assertEqual(mounts[role], {"scylla-auth", "scylla-tls", "kafka-ca", "kafka-sasl"}, role)
+            self.assertEqual(mounts[role], {"scylla-auth", "scylla-tls", "kafka-ca", "kafka-sasl"} | tls, role)
+        for _, d in docs:
+            if d["kind"] == "Deployment":
+                c = d["spec"]["template"]["spec"]["containers"][0]
+                for m in c["volumeMounts"]:
+                    # subPath mounts never see a renewed Secret.
+                    self.assertNotIn("subPath", m, m)
 
     def test_the_generated_configuration_is_what_the_binary_accepts(self):
         """Each role's sesame.toml and environment, loaded by the real
@@ -457,6 +482,17 @@ class ChartRenders(unittest.TestCase):
                         self.assertIn('"security.protocol" = "SASL_SSL"', run.stdout)
                         self.assertIn("max_prompts = 5", run.stdout)
                         self.assertIn('storage = "scylla://scylla-0.scylla:9042,scylla-1.scylla:9142/sesame"', run.stdout)
+                        self.assertIn('cert = "/etc/sesame/secrets/tls/tls.crt"', run.stdout)
+                        self.assertIn('client_ca = "/etc/sesame/secrets/tls-client-ca/ca.crt"', run.stdout)
+                        self.assertIn('internal_ca = "/etc/sesame/secrets/tls-internal/ca.crt"', run.stdout)
+                        self.assertIn('client_cert = "/etc/sesame/secrets/tls-internal/tls.crt"', run.stdout)
+                        self.assertIn('public_device_url = "https://device.auth.example.eu"', run.stdout)
+                        if role == "dispatcher":
+                            # Simulated pushes are not used with apns_fcm; the URL would be https.
+                            pass
+                    if name == "distributed":
+                        self.assertIn('public_device_url = "http://sesame-verifier.auth.svc:50051"', run.stdout)
+                        self.assertNotIn("[tls]\ncert = \"/", run.stdout)
 
     def test_the_dev_tenant_key_is_a_valid_api_key(self):
         (secret,) = self.kinds("defaults", "Secret")
@@ -471,6 +507,25 @@ class ChartRenders(unittest.TestCase):
         self.assertIn("svc/sesame-challenge", notes)
         notes = self.rendered["defaults"]["sesame/templates/NOTES.txt"]
         self.assertIn("Trial mode", notes)
+        notes = self.rendered["distributed-tls-sasl"]["sesame/templates/NOTES.txt"]
+        self.assertIn("export SESAME_TLS_CA=sesame-ca.crt SESAME_TLS_SERVER_NAME=sesame-challenge.auth.svc", notes)
+        self.assertIn("--server https://127.0.0.1:50051 --device-server https://127.0.0.1:50052", notes)
+
+    def test_the_dispatcher_calls_the_push_gateway_over_tls(self):
+        values = merged(self.VALUE_TLS_SIMULATOR, {})
+        docs = documents(render(values))
+        (disp,) = [d for _, d in docs if d["kind"] == "Deployment" and d["metadata"]["labels"]["app.kubernetes.io/component"] == "dispatcher"]
+        env = {e["name"]: e.get("value") for e in disp["spec"]["template"]["spec"]["containers"][0]["env"]}
+        self.assertEqual(env["SESAME_SIMULATOR_URL"], "https://sesame-verifier.auth.svc:50051")
+        (sm,) = [d for _, d in self.docs["distributed-tls-sasl"] if d["kind"] == "ServiceMonitor"]
+        (ep,) = sm["spec"]["endpoints"]
+        self.assertEqual(ep["scheme"], "https")
+        self.assertEqual(ep["tlsConfig"]["serverName"], "sesame.auth.svc")
+
+    VALUE_TLS_SIMULATOR = merged(
+        DISTRIBUTED,
+        {"tls": {"enabled": True, "existingSecret": "sesame-tls", "internalSecret": "sesame-internal"}},
+    )
 
 
 class BadValuesFail(unittest.TestCase):
@@ -534,6 +589,13 @@ class BadValuesFail(unittest.TestCase):
         ),
         ("push apps in config", {"config": {"push_apps": {}}}, "configure push apps with push.apps"),
         ("a chart-owned key in config", {"config": {"listen": "0.0.0.0:1"}}, "config.listen is set by the chart"),
+        ("TLS without its certificate", {"tls": {"enabled": True}}, "tls.existingSecret must name the Secret with tls.crt"),
+        (
+            "a tenant CA without TLS",
+            {"tls": {"clientCaSecret": "tenant-ca"}},
+            "tls.clientCaSecret / tls.internalSecret need tls.enabled",
+        ),
+        ("TLS settings in config", {"config": {"tls": {"cert": "/x"}}}, "config.tls is set by the chart"),
     ]
 
     def test_bad_values_fail_with_a_clear_message(self):

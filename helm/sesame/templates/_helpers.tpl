@@ -127,7 +127,20 @@ app.kubernetes.io/component: {{ .role }}
   "shutdown_announce_seconds" (int $v.shutdown.announceSeconds)
 -}}
 {{- $deviceHost := ternary $fullname (printf "%s-verifier" ($fullname | trunc 52 | trimSuffix "-")) (eq $v.mode "embedded") -}}
-{{- $_ := set $c "public_device_url" (default (printf "http://%s.%s.svc:%d" $deviceHost .Release.Namespace (int $v.ports.grpc)) $v.publicDeviceUrl) -}}
+{{- $scheme := ternary "https" "http" $v.tls.enabled -}}
+{{- $_ := set $c "public_device_url" (default (printf "%s://%s.%s.svc:%d" $scheme $deviceHost .Release.Namespace (int $v.ports.grpc)) $v.publicDeviceUrl) -}}
+{{- if $v.tls.enabled -}}
+{{- /* Directories mounted from Secrets: renewed files appear in place and
+       are re-read (tls.reload_seconds). */ -}}
+{{- $tls := dict "cert" (printf "%s/tls/tls.crt" $sec) "key" (printf "%s/tls/tls.key" $sec) "admin" $v.tls.admin "server_ca" (printf "%s/tls/ca.crt" $sec) -}}
+{{- with $v.tls.clientCaSecret }}{{- $_ := set $tls "client_ca" (printf "%s/tls-client-ca/ca.crt" $sec) -}}{{- end -}}
+{{- if $v.tls.internalSecret -}}
+{{- $_ := set $tls "internal_ca" (printf "%s/tls-internal/ca.crt" $sec) -}}
+{{- $_ := set $tls "client_cert" (printf "%s/tls-internal/tls.crt" $sec) -}}
+{{- $_ := set $tls "client_key" (printf "%s/tls-internal/tls.key" $sec) -}}
+{{- end -}}
+{{- $_ := set $c "tls" $tls -}}
+{{- end -}}
 {{- if eq $v.mode "embedded" -}}
 {{- $_ := set $c "storage" "embedded" -}}
 {{- $_ := set $c "queue" "memory" -}}
@@ -217,6 +230,8 @@ app.kubernetes.io/component: {{ .role }}
 {{/* Checks that values.schema.json cannot express. */}}
 {{- define "sesame.validate" -}}
 {{- $v := .Values -}}
+{{- if and $v.tls.enabled (not $v.tls.existingSecret) -}}{{- fail "tls.enabled: tls.existingSecret must name the Secret with tls.crt and tls.key (e.g. from cert-manager)" -}}{{- end -}}
+{{- if and (not $v.tls.enabled) (or $v.tls.clientCaSecret $v.tls.internalSecret) -}}{{- fail "tls.clientCaSecret / tls.internalSecret need tls.enabled: client certificates are only seen over TLS" -}}{{- end -}}
 {{- if eq $v.mode "distributed" -}}
 {{- if not $v.scylla.contactPoints -}}{{- fail "scylla.contactPoints is required in distributed mode (the ScyllaDB nodes, e.g. [scylla-0.scylla:9042]); or set mode=embedded for a trial" -}}{{- end -}}
 {{- if not $v.scylla.localDatacenter -}}{{- fail "scylla.localDatacenter is required in distributed mode (the datacenter these pods run in, as ScyllaDB names it)" -}}{{- end -}}
@@ -236,7 +251,7 @@ app.kubernetes.io/component: {{ .role }}
 {{- range $key, $_ := (default dict (default dict $v.config.kafka).properties) -}}
 {{- if regexMatch "(?i)password|secret|jaas" $key -}}{{- fail (printf "config.kafka.properties.%s: no secrets in config (it is rendered into a ConfigMap); use kafka.sasl.existingSecret" $key) -}}{{- end -}}
 {{- end -}}
-{{- range $key := list "dev_tenant_key" "listen" "admin_listen" "data_dir" "log_format" "storage" "queue" -}}
+{{- range $key := list "dev_tenant_key" "listen" "admin_listen" "data_dir" "log_format" "storage" "queue" "tls" -}}
 {{- if hasKey $v.config $key -}}{{- fail (printf "config.%s is set by the chart (from its own values); remove it from config" $key) -}}{{- end -}}
 {{- end -}}
 {{- if and (eq $v.push.provider "simulator") $v.push.apps -}}{{- fail "push.apps are configured but push.provider is simulator: set push.provider=apns_fcm" -}}{{- end -}}

@@ -9,6 +9,7 @@
 {{- $usesStorage := ne $role "dispatcher" -}}
 {{- $pushes := or (eq $role "dispatcher") (eq $role "all") -}}
 {{- $distributed := eq $v.mode "distributed" -}}
+{{- $adminScheme := ternary "HTTPS" "HTTP" (and $v.tls.enabled $v.tls.admin) -}}
 metadata:
   labels:
     {{- include "sesame.labels" $root | nindent 4 }}
@@ -91,7 +92,7 @@ spec:
         {{- if and $distributed (eq $role "dispatcher") (eq $v.push.provider "simulator") }}
         # Simulated pushes land in the verifiers' phone inboxes.
         - name: SESAME_SIMULATOR_URL
-          value: {{ printf "http://%s.%s.svc:%d" (include "sesame.roleName" (dict "root" $root "role" "verifier")) $root.Release.Namespace (int $v.ports.grpc) | quote }}
+          value: {{ printf "%s://%s.%s.svc:%d" (ternary "https" "http" $v.tls.enabled) (include "sesame.roleName" (dict "root" $root "role" "verifier")) $root.Release.Namespace (int $v.ports.grpc) | quote }}
         {{- end }}
         # Each replica reports its quota usage under its own name.
         - name: SESAME_INSTANCE_ID
@@ -112,6 +113,7 @@ spec:
         httpGet:
           path: /live
           port: admin
+          scheme: {{ $adminScheme }}
         periodSeconds: {{ $v.probes.startup.periodSeconds }}
         failureThreshold: {{ $v.probes.startup.failureThreshold }}
         timeoutSeconds: {{ $v.probes.startup.timeoutSeconds }}
@@ -119,16 +121,19 @@ spec:
         httpGet:
           path: /live
           port: admin
+          scheme: {{ $adminScheme }}
         periodSeconds: {{ $v.probes.liveness.periodSeconds }}
         failureThreshold: {{ $v.probes.liveness.failureThreshold }}
         timeoutSeconds: {{ $v.probes.liveness.timeoutSeconds }}
       readinessProbe:
-        {{- if eq $role "dispatcher" }}
+        {{- if or (eq $role "dispatcher") $v.tls.enabled }}
         # A dispatcher serves no calls: it is ready while a Kafka broker
-        # answers and it is not draining (/ready).
+        # answers and it is not draining (/ready). Over TLS every role uses
+        # /ready (also 503 while draining): the kubelet's gRPC probe has no TLS.
         httpGet:
           path: /ready
           port: admin
+          scheme: {{ $adminScheme }}
         {{- else }}
         # gRPC health: NOT_SERVING from the moment the pod starts draining.
         grpc:
@@ -174,6 +179,22 @@ spec:
         - name: kafka-sasl
           mountPath: {{ $sec }}/kafka-sasl
           readOnly: true
+        {{- end }}
+        {{- if $v.tls.enabled }}
+        # Whole directories (no subPath): renewed Secrets update in place.
+        - name: tls
+          mountPath: {{ $sec }}/tls
+          readOnly: true
+        {{- with $v.tls.clientCaSecret }}
+        - name: tls-client-ca
+          mountPath: {{ $sec }}/tls-client-ca
+          readOnly: true
+        {{- end }}
+        {{- with $v.tls.internalSecret }}
+        - name: tls-internal
+          mountPath: {{ $sec }}/tls-internal
+          readOnly: true
+        {{- end }}
         {{- end }}
         {{- if $pushes }}
         {{- range $id, $app := $v.push.apps }}
@@ -229,6 +250,24 @@ spec:
         items:
           - key: {{ $v.kafka.sasl.passwordKey }}
             path: password
+    {{- end }}
+    {{- if $v.tls.enabled }}
+    - name: tls
+      secret:
+        secretName: {{ $v.tls.existingSecret }}
+        defaultMode: 0440
+    {{- with $v.tls.clientCaSecret }}
+    - name: tls-client-ca
+      secret:
+        secretName: {{ . }}
+        defaultMode: 0440
+    {{- end }}
+    {{- with $v.tls.internalSecret }}
+    - name: tls-internal
+      secret:
+        secretName: {{ . }}
+        defaultMode: 0440
+    {{- end }}
     {{- end }}
     {{- if $pushes }}
     {{- range $id, $app := $v.push.apps }}

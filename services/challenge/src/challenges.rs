@@ -405,7 +405,7 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
         &self,
         request: Request<pb::CreateChallengeRequest>,
     ) -> Result<Response<pb::CreateChallengeResponse>, Status> {
-        let tenant = self.auth.authenticate(request.metadata()).await?;
+        let tenant = self.auth.authenticate(&request).await?;
         let creator = self.creator();
         let req = request.into_inner();
         // The task outlives the call if need be; it keeps the call's trace.
@@ -426,7 +426,7 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
         &self,
         request: Request<pb::GetChallengeRequest>,
     ) -> Result<Response<pb::Challenge>, Status> {
-        let tenant = self.auth.authenticate(request.metadata()).await?;
+        let tenant = self.auth.authenticate(&request).await?;
         let c = self.load(&tenant, &request.get_ref().challenge_id).await?;
         Ok(Response::new(challenge_out(&c, now_ms())))
     }
@@ -437,7 +437,7 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
         &self,
         request: Request<pb::WatchChallengeRequest>,
     ) -> Result<Response<Self::WatchChallengeStream>, Status> {
-        let tenant = self.auth.authenticate(request.metadata()).await?;
+        let tenant = self.auth.authenticate(&request).await?;
         let first = self.load(&tenant, &request.get_ref().challenge_id).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let storage = self.storage.clone();
@@ -496,7 +496,7 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
         &self,
         request: Request<pb::GetUserStatusRequest>,
     ) -> Result<Response<pb::UserStatus>, Status> {
-        let tenant = self.auth.authenticate(request.metadata()).await?;
+        let tenant = self.auth.authenticate(&request).await?;
         let user = request.into_inner().user_id;
         validate::user_id(&user).map_err(ApiError::from)?;
         let now = now_ms();
@@ -547,7 +547,7 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
         &self,
         request: Request<pb::CancelChallengeRequest>,
     ) -> Result<Response<pb::Challenge>, Status> {
-        let tenant = self.auth.authenticate(request.metadata()).await?;
+        let tenant = self.auth.authenticate(&request).await?;
         let c = self.load(&tenant, &request.get_ref().challenge_id).await?;
         let now = now_ms();
         let resolution = Resolution {

@@ -82,7 +82,7 @@ impl pb::enrollment_service_server::EnrollmentService for EnrollmentApi {
         &self,
         request: Request<pb::BeginEnrollmentRequest>,
     ) -> Result<Response<pb::BeginEnrollmentResponse>, Status> {
-        let tenant = self.auth.authenticate(request.metadata()).await?;
+        let tenant = self.auth.authenticate(&request).await?;
         let req = request.into_inner();
         validate::user_id(&req.user_id).map_err(ApiError::from)?;
         let ttl = match req.ttl_seconds {
@@ -120,7 +120,7 @@ impl pb::enrollment_service_server::EnrollmentService for EnrollmentApi {
         &self,
         request: Request<pb::ListDevicesRequest>,
     ) -> Result<Response<pb::ListDevicesResponse>, Status> {
-        let tenant = self.auth.authenticate(request.metadata()).await?;
+        let tenant = self.auth.authenticate(&request).await?;
         let req = request.into_inner();
         validate::user_id(&req.user_id).map_err(ApiError::from)?;
         let devices = self
@@ -137,7 +137,7 @@ impl pb::enrollment_service_server::EnrollmentService for EnrollmentApi {
         &self,
         request: Request<pb::RevokeDeviceRequest>,
     ) -> Result<Response<pb::RevokeDeviceResponse>, Status> {
-        let tenant = self.auth.authenticate(request.metadata()).await?;
+        let tenant = self.auth.authenticate(&request).await?;
         let id = DeviceId::parse(&request.get_ref().device_id).map_err(ApiError::from)?;
         let device = self
             .storage

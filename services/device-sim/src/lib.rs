@@ -32,10 +32,18 @@ pub enum SimError {
 
 pub type Result<T> = std::result::Result<T, SimError>;
 
-/// Connects to a Sesame gRPC endpoint (`http://host:port`).
+/// Connects to a Sesame gRPC endpoint: `http://host:port`, or
+/// `https://host:port` trusting `SESAME_TLS_CA` (else the public roots) and
+/// presenting `SESAME_TLS_CLIENT_CERT` / `SESAME_TLS_CLIENT_KEY` if set.
 pub async fn connect(url: &str) -> Result<Channel> {
-    Ok(Channel::from_shared(url.to_owned())
-        .map_err(|e| SimError::Protocol(format!("bad server URL {url:?}: {e}")))?
+    connect_with(url, &sesame_tls::ClientTls::from_env()).await
+}
+
+/// [`connect`] with explicit TLS settings.
+pub async fn connect_with(url: &str, tls: &sesame_tls::ClientTls) -> Result<Channel> {
+    Ok(tls
+        .endpoint(url)
+        .map_err(|e| SimError::Protocol(e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await?)

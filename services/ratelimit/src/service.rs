@@ -100,7 +100,7 @@ impl pb::rate_limit_service_server::RateLimitService for RateLimitApi {
         &self,
         request: Request<pb::RateLimitRequest>,
     ) -> Result<Response<pb::RateLimitResponse>, Status> {
-        let tenant = self.auth.authenticate(request.metadata()).await?;
+        let tenant = self.auth.authenticate(&request).await?;
         let (domain, descriptors, hits) = parse(request.into_inner())?;
         let decisions =
             self.limiter

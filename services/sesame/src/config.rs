@@ -80,8 +80,104 @@ pub struct Config {
     pub quotas: QuotaSection,
     pub ratelimit: RateLimitSection,
     pub admission: AdmissionSection,
+    /// TLS on the gRPC listener and the admin port, tenant mTLS, and the
+    /// certificates this process presents to other Sesame roles.
+    pub tls: TlsSection,
     /// This process's name in quota usage reports; empty: random per start.
     pub instance_id: String,
+}
+
+/// `[tls]`: PEM file paths. With `cert` and `key` set, the gRPC listener
+/// (and, unless `admin = false`, the admin port) serves TLS only; the files
+/// are re-read every `reload_seconds` and new connections get the new ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    /// The server certificate chain, leaf first.
+    pub cert: String,
+    /// Its private key.
+    pub key: String,
+    /// CA bundle whose client certificates identify tenants (a tenant with
+    /// a `client_identity` must present one); empty: no tenant mTLS.
+    pub client_ca: String,
+    /// CA of Sesame's own roles: when set, the role-to-role services
+    /// (the push gateway) demand a client certificate it issued.
+    pub internal_ca: String,
+    /// Serve the admin port (metrics, probes) over TLS too.
+    pub admin: bool,
+    /// How often the files are compared with what is served.
+    pub reload_seconds: u64,
+    /// Calls this process makes to other roles (an `https://` `simulator_url`):
+    /// the CA that signs their certificates (empty: public roots) ...
+    pub server_ca: String,
+    /// ... and the client certificate and key it presents (internal mTLS).
+    pub client_cert: String,
+    pub client_key: String,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            cert: String::new(),
+            key: String::new(),
+            client_ca: String::new(),
+            internal_ca: String::new(),
+            admin: true,
+            reload_seconds: 10,
+            server_ca: String::new(),
+            client_cert: String::new(),
+            client_key: String::new(),
+        }
+    }
+}
+
+impl TlsSection {
+    pub fn enabled(&self) -> bool {
+        !self.cert.is_empty()
+    }
+
+    /// The listener's files, when TLS is on.
+    pub fn files(&self) -> Option<sesame_tls::TlsFiles> {
+        let opt = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
+        self.enabled().then(|| sesame_tls::TlsFiles {
+            cert: PathBuf::from(&self.cert),
+            key: PathBuf::from(&self.key),
+            client_ca: opt(&self.client_ca),
+            internal_ca: opt(&self.internal_ca),
+        })
+    }
+
+    /// What this process's own clients trust and present.
+    pub fn client(&self) -> sesame_tls::ClientTls {
+        let opt = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
+        sesame_tls::ClientTls {
+            ca: opt(&self.server_ca),
+            cert: opt(&self.client_cert),
+            key: opt(&self.client_key),
+            server_name: None,
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.cert.is_empty() == self.key.is_empty(),
+            "tls.cert and tls.key go together: set both (TLS) or neither (plaintext)"
+        );
+        anyhow::ensure!(
+            self.enabled() || (self.client_ca.is_empty() && self.internal_ca.is_empty()),
+            "tls.client_ca / tls.internal_ca need the listener on TLS: set tls.cert and tls.key"
+        );
+        anyhow::ensure!(
+            self.client_cert.is_empty() == self.client_key.is_empty(),
+            "tls.client_cert and tls.client_key go together"
+        );
+        anyhow::ensure!(
+            (1..=3600).contains(&self.reload_seconds),
+            "tls.reload_seconds = {}: 1-3600",
+            self.reload_seconds
+        );
+        Ok(())
+    }
 }
 
 /// Per-tenant quotas (approximate, shared among instances by demand):
@@ -208,6 +304,7 @@ impl Default for Config {
             quotas: QuotaSection::default(),
             ratelimit: RateLimitSection::default(),
             admission: AdmissionSection::default(),
+            tls: TlsSection::default(),
             instance_id: String::new(),
         }
     }
@@ -450,6 +547,7 @@ impl Config {
             self.dev_tenant_key.is_empty() || sesame_grpc::apikey::parse(&self.dev_tenant_key).is_some(),
             "dev_tenant_key is not an API key: write sk_<16 hex digits>_<secret of 1-128 characters>"
         );
+        self.tls.validate()?;
         self.roles()?;
         Ok(())
     }
@@ -484,7 +582,8 @@ impl Config {
 
     pub fn device_url(&self) -> String {
         if self.public_device_url.is_empty() {
-            format!("http://{}", self.listen)
+            let scheme = if self.tls.enabled() { "https" } else { "http" };
+            format!("{scheme}://{}", self.listen)
         } else {
             self.public_device_url.clone()
         }
@@ -498,6 +597,11 @@ const CLIENT_ENV: &[&str] = &[
     "SESAME_SCYLLA_NODES",
     "SESAME_SCYLLA_DC",
     "SESAME_SCYLLA_RF",
+    // What the client commands trust and present (sesame_tls::ClientTls).
+    "SESAME_TLS_CA",
+    "SESAME_TLS_CLIENT_CERT",
+    "SESAME_TLS_CLIENT_KEY",
+    "SESAME_TLS_SERVER_NAME",
 ];
 
 fn key_exists(table: &toml::Table, path: &[String]) -> bool {

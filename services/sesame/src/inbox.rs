@@ -135,9 +135,12 @@ pub struct RemoteSimulator {
 }
 
 impl RemoteSimulator {
-    /// Connects lazily: the simulator may start after the dispatcher.
-    pub fn new(url: &str) -> anyhow::Result<Self> {
-        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+    /// Connects lazily: the simulator may start after the dispatcher. An
+    /// `https://` URL gets TLS with `tls` (internal mTLS when it names a
+    /// client certificate).
+    pub fn new(url: &str, tls: &sesame_tls::ClientTls) -> anyhow::Result<Self> {
+        let channel = tls
+            .endpoint(url)?
             .connect_timeout(std::time::Duration::from_secs(2))
             .timeout(std::time::Duration::from_secs(5))
             .tcp_nodelay(true)
@@ -173,6 +176,18 @@ impl PushProvider for RemoteSimulator {
             Err(s) if s.code() == tonic::Code::InvalidArgument => PushOutcome::Failed {
                 reason: s.message().to_owned(),
             },
+            // A certificate the gateway does not accept: no push can go
+            // out until an operator fixes the TLS settings.
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                ) =>
+            {
+                PushOutcome::Misconfigured {
+                    reason: format!("simulator refused this dispatcher: {}", s.message()),
+                }
+            }
             // Unreachable or overloaded simulator: like an APNs 5xx.
             Err(s) => PushOutcome::Retry {
                 after: None,

@@ -130,6 +130,7 @@ impl Sesame {
                     display_name: "Development tenant".into(),
                     disabled: false,
                     created_at: now_ms(),
+                    client_identity: String::new(),
                 })
                 .await?;
         }
@@ -210,6 +211,25 @@ impl Sesame {
     ) -> anyhow::Result<()> {
         // Every role records metrics whether or not this process serves them.
         crate::telemetry::prometheus();
+        let tls = match self.config.tls.files() {
+            Some(files) => {
+                let cert = files.cert.display().to_string();
+                Some(
+                    sesame_tls::ServerTls::load(files)
+                        .with_context(|| format!("loading the TLS certificate {cert}"))?,
+                )
+            }
+            None => None,
+        };
+        let reloader = tls
+            .as_ref()
+            .map(|t| t.spawn_reloader(Duration::from_secs(self.config.tls.reload_seconds)));
+        warn_if_plaintext(
+            &listener,
+            admin.as_ref(),
+            tls.is_some(),
+            self.config.tls.admin,
+        );
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (admin_stop_tx, admin_stop) = tokio::sync::oneshot::channel::<()>();
         if let Some(admin) = admin {
@@ -219,17 +239,31 @@ impl Sesame {
             // answers reads and approvals while the brokers are away.
             let roles = self.roles;
             let queue_gates_ready = roles.dispatcher && !roles.challenge && !roles.verifier;
-            tracing::info!(addr = %admin.local_addr()?, "admin endpoints serving");
-            tokio::spawn(crate::telemetry::serve_admin(
-                admin,
+            let admin_tls = tls.clone().filter(|_| self.config.tls.admin);
+            tracing::info!(addr = %admin.local_addr()?, tls = admin_tls.is_some(), "admin endpoints serving");
+            let state = crate::telemetry::AdminState::new(
                 storage,
                 queue_gates_ready.then(|| self.queue.clone()),
                 draining,
                 self.log_control.clone(),
-                async {
-                    let _ = admin_stop.await;
-                },
-            ));
+            );
+            let stop = async {
+                let _ = admin_stop.await;
+            };
+            match admin_tls {
+                Some(t) => {
+                    let l =
+                        sesame_tls::TlsIncoming::new(admin, t, sesame_tls::Alpn::Http1, "admin")?;
+                    tokio::spawn(crate::telemetry::serve_admin(
+                        crate::telemetry::TlsListener(l),
+                        state,
+                        stop,
+                    ));
+                }
+                None => {
+                    tokio::spawn(crate::telemetry::serve_admin(admin, state, stop));
+                }
+            }
         }
         let Sesame {
             config,
@@ -372,7 +406,10 @@ impl Sesame {
             } else if config.simulator_url.is_empty() {
                 simulator.clone()
             } else {
-                Arc::new(crate::inbox::RemoteSimulator::new(&config.simulator_url)?)
+                Arc::new(crate::inbox::RemoteSimulator::new(
+                    &config.simulator_url,
+                    &config.tls.client(),
+                )?)
             };
             let d = Dispatcher::new(
                 queue.clone(),
@@ -396,13 +433,21 @@ impl Sesame {
             PushInboxServer::new(InboxApi::new(simulator.clone(), streams_shutdown.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
         });
+        // Dispatchers of other processes call the gateway: with an internal
+        // CA configured, only holders of its certificates may.
         let gateway = local_simulator.then(|| {
-            PushGatewayServer::new(GatewayApi::new(simulator.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            let tls = tls.clone();
+            tonic::service::interceptor::InterceptedService::new(
+                PushGatewayServer::new(GatewayApi::new(simulator.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                move |req: tonic::Request<()>| {
+                    sesame_tls::require_internal(tls.as_ref(), &req).map(|_| req)
+                },
+            )
         });
 
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, ?roles, storage = storage.name(), queue = queue.name(), "sesame serving");
+        tracing::info!(%addr, ?roles, storage = storage.name(), queue = queue.name(), tls = tls.is_some(), "sesame serving");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let health_for_drain = health.clone();
         let draining_flag = draining.clone();
@@ -439,12 +484,14 @@ impl Sesame {
                 .max_connection_age(Duration::from_secs(config.max_connection_age_seconds))
                 .max_connection_age_grace(Duration::from_secs(120));
         }
-        let server = builder
+        let router = builder
             // Metrics outermost, so shed calls are counted with their status.
             .layer(sesame_grpc::metrics::GrpcMetricsLayer)
             .layer(sesame_grpc::admission::AdmissionLayer::new(
                 config.admission.to_config(),
             ))
+            // What the client certificate proves, for tenant and internal checks.
+            .layer(sesame_tls::PeerLayer::new(tls.clone()))
             .tcp_nodelay(true)
             .timeout(Duration::from_secs(30))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -455,8 +502,19 @@ impl Sesame {
             .add_optional_service(device)
             .add_optional_service(ratelimit)
             .add_optional_service(inbox)
-            .add_optional_service(gateway)
-            .serve_with_incoming_shutdown(
+            .add_optional_service(gateway);
+        let stop_signal = async {
+            let _ = stop_rx.await;
+            let _ = drain_started_tx.send(());
+        };
+        type Serving =
+            std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+        let mut server: Serving = match &tls {
+            Some(t) => Box::pin(router.serve_with_incoming_shutdown(
+                sesame_tls::TlsIncoming::new(listener, t.clone(), sesame_tls::Alpn::H2, "grpc")?,
+                stop_signal,
+            )),
+            None => Box::pin(router.serve_with_incoming_shutdown(
                 // `tcp_nodelay` above applies only to listeners tonic binds
                 // itself; set it on each accepted socket, or Nagle's algorithm
                 // and delayed ACKs add ~40 ms to small responses.
@@ -469,12 +527,9 @@ impl Sesame {
                         })
                     },
                 ),
-                async {
-                    let _ = stop_rx.await;
-                    let _ = drain_started_tx.send(());
-                },
-            );
-        tokio::pin!(server);
+                stop_signal,
+            )),
+        };
         // Graceful shutdown waits for every open call; bound it by the grace period.
         let forced = async {
             if drain_started.await.is_ok() {
@@ -497,9 +552,33 @@ impl Sesame {
         }
         queue.flush().await;
         background.abort_all();
+        if let Some(r) = reloader {
+            r.abort();
+        }
         let _ = admin_stop_tx.send(());
         tracing::info!("sesame stopped");
         Ok(())
+    }
+}
+
+/// Plaintext is for a developer's loopback: anywhere else API keys and
+/// answers would cross the network readable by anyone on the path.
+fn warn_if_plaintext(grpc: &TcpListener, admin: Option<&TcpListener>, tls: bool, admin_tls: bool) {
+    let exposed = |l: &TcpListener| l.local_addr().is_ok_and(|a| !a.ip().is_loopback());
+    if !tls && exposed(grpc) {
+        tracing::warn!(
+            addr = %grpc.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            "serving gRPC in PLAINTEXT on a non-loopback address: API keys, challenges and \
+             answers cross the network unencrypted; set tls.cert and tls.key \
+             (or terminate TLS in front, and keep this port private)"
+        );
+    }
+    if let Some(a) = admin.filter(|a| exposed(a) && !(tls && admin_tls)) {
+        tracing::warn!(
+            addr = %a.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            "admin port (metrics, log level) in plaintext on a non-loopback address; \
+             keep it on a private network or set tls.cert/tls.key with tls.admin = true"
+        );
     }
 }
 

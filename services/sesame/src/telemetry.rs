@@ -108,8 +108,9 @@ pub fn init_tracing(format: &str, level: &str) -> LogControl {
     LogControl::new(handle)
 }
 
+/// What the admin endpoints read.
 #[derive(Clone)]
-struct AdminState {
+pub struct AdminState {
     log: Option<LogControl>,
     metrics: Option<PrometheusHandle>,
     storage: Arc<dyn Storage>,
@@ -175,21 +176,52 @@ async fn put_log_level(State(s): State<AdminState>, body: String) -> (StatusCode
 }
 
 /// Serves the admin endpoints until `shutdown` resolves.
-pub async fn serve_admin(
-    listener: tokio::net::TcpListener,
-    storage: Arc<dyn Storage>,
-    queue: Option<Arc<dyn Queue>>,
-    draining: Arc<AtomicBool>,
-    log: Option<LogControl>,
+impl AdminState {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        queue: Option<Arc<dyn Queue>>,
+        draining: Arc<AtomicBool>,
+        log: Option<LogControl>,
+    ) -> Self {
+        AdminState {
+            log,
+            metrics: prometheus(),
+            storage,
+            queue,
+            draining,
+        }
+    }
+}
+
+/// The admin port over TLS: established connections from a [`sesame_tls::TlsIncoming`].
+pub struct TlsListener(pub sesame_tls::TlsIncoming);
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.0.next().await {
+            Some(c) => c,
+            // The accept task only ends with the process.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.0.local_addr())
+    }
+}
+
+pub async fn serve_admin<L>(
+    listener: L,
+    state: AdminState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let state = AdminState {
-        log,
-        metrics: prometheus(),
-        storage,
-        queue,
-        draining,
-    };
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/live", get(|| async { "live\n" }))
@@ -228,10 +260,12 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(serve_admin(
             listener,
-            Arc::new(sesame_storage::MemStorage::new()),
-            None,
-            Arc::new(AtomicBool::new(false)),
-            Some(control.clone()),
+            AdminState::new(
+                Arc::new(sesame_storage::MemStorage::new()),
+                None,
+                Arc::new(AtomicBool::new(false)),
+                Some(control.clone()),
+            ),
             std::future::pending(),
         ));
         assert!(request(addr, "GET", "").await.contains("\r\n\r\ninfo"));

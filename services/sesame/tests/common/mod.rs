@@ -68,7 +68,27 @@ impl Harness {
         .await
     }
 
+    /// A server configured by `tweak` (its `[tls]` section set), reached
+    /// over `https://127.0.0.1:<port>` with the client settings `client`.
+    pub async fn start_tls(
+        tweak: impl FnOnce(&mut Config),
+        client: sesame_tls::ClientTls,
+    ) -> Harness {
+        Self::start_full(
+            move |c| {
+                c.guard.defaults = lenient_guard();
+                tweak(c);
+            },
+            client,
+        )
+        .await
+    }
+
     async fn start_custom(tweak: impl FnOnce(&mut Config)) -> Harness {
+        Self::start_full(tweak, sesame_tls::ClientTls::default()).await
+    }
+
+    async fn start_full(tweak: impl FnOnce(&mut Config), client: sesame_tls::ClientTls) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -95,6 +115,7 @@ impl Harness {
                 display_name: "Other bank".into(),
                 disabled: false,
                 created_at: now_ms(),
+                client_identity: String::new(),
             })
             .await
             .expect("tenant");
@@ -106,13 +127,24 @@ impl Harness {
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind admin");
-        let admin_url = format!("http://{}", admin.local_addr().expect("admin addr"));
+        let tls = app.config.tls.enabled();
+        let admin_scheme = if tls && app.config.tls.admin {
+            "https"
+        } else {
+            "http"
+        };
+        let admin_url = format!(
+            "{admin_scheme}://{}",
+            admin.local_addr().expect("admin addr")
+        );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(app.serve_with_admin(listener, Some(admin), async {
             let _ = stopped.await;
         }));
-        let url = format!("http://{addr}");
-        let channel = sesame_device_sim::connect(&url).await.expect("connect");
+        let url = format!("{}://{addr}", if tls { "https" } else { "http" });
+        let channel = sesame_device_sim::connect_with(&url, &client)
+            .await
+            .expect("connect");
         Harness {
             url,
             admin_url,

@@ -18,6 +18,11 @@ pub struct Tenant {
     pub display_name: String,
     pub disabled: bool,
     pub created_at: UnixMillis,
+    /// The client-certificate identity the tenant's calls must present
+    /// (mTLS): a URI SAN such as `spiffe://bank.example/idp`, or a subject
+    /// DN such as `O=Bank, CN=idp`. Empty: the API key alone suffices.
+    #[serde(default)]
+    pub client_identity: String,
 }
 
 /// A tenant API key as stored: only the SHA-256 of its secret part.

@@ -274,7 +274,17 @@ pub async fn migrate(session: &Session, config: &ScyllaConfig, flavor: Flavor) -
             continue;
         }
         for statement in schema::statements(m.cql, &config.keyspace) {
-            run(statement).await?;
+            match run(statement.clone()).await {
+                // CQL has no `ADD IF NOT EXISTS` before Cassandra 5: a
+                // migration interrupted after its ALTER finds the column there.
+                Err(e)
+                    if schema::is_add_column(&statement)
+                        && schema::column_exists_error(&e.to_string()) =>
+                {
+                    tracing::info!(%statement, "column already present");
+                }
+                r => r?,
+            }
         }
         session
             .query_unpaged(
@@ -615,12 +625,12 @@ async fn prepare_all(
 
     Ok(Statements {
         put_tenant: prep(
-            "INSERT INTO {ks}.tenants (tenant_id, display_name, disabled, created_at) VALUES (?, ?, ?, ?) [USING TIMEOUT]",
+            "INSERT INTO {ks}.tenants (tenant_id, display_name, disabled, created_at, client_identity) VALUES (?, ?, ?, ?, ?) [USING TIMEOUT]",
             Write,
         )
         .await?,
         get_tenant: prep(
-            "SELECT tenant_id, display_name, disabled, created_at FROM {ks}.tenants WHERE tenant_id = ? [USING TIMEOUT]",
+            "SELECT tenant_id, display_name, disabled, created_at, client_identity FROM {ks}.tenants WHERE tenant_id = ? [USING TIMEOUT]",
             Read,
         )
         .await?,
@@ -776,6 +786,7 @@ impl Storage for ScyllaStorage {
                 text(&t.display_name),
                 boolean(t.disabled),
                 big(t.created_at),
+                text(&t.client_identity),
             ],
             "store a tenant",
         )
@@ -785,23 +796,27 @@ impl Storage for ScyllaStorage {
 
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
         let row = self
-            .read_one::<(String, String, bool, i64)>(
+            .read_one::<(String, String, bool, i64, Option<String>)>(
                 &self.st.get_tenant,
                 vec![text(id.as_str())],
                 "read a tenant",
             )
             .await?;
-        row.map(|(id, display_name, disabled, created_at)| {
-            Ok(Tenant {
-                id: TenantId::parse(&id).map_err(|e| StorageError::Corrupt {
-                    table: "tenants".into(),
-                    message: e.to_string(),
-                })?,
-                display_name,
-                disabled,
-                created_at,
-            })
-        })
+        // Rows written before schema version 2 have no client_identity.
+        row.map(
+            |(id, display_name, disabled, created_at, client_identity)| {
+                Ok(Tenant {
+                    id: TenantId::parse(&id).map_err(|e| StorageError::Corrupt {
+                        table: "tenants".into(),
+                        message: e.to_string(),
+                    })?,
+                    display_name,
+                    disabled,
+                    created_at,
+                    client_identity: client_identity.unwrap_or_default(),
+                })
+            },
+        )
         .transpose()
     }
 

@@ -1,7 +1,8 @@
 //! The schema as versioned CQL files (`schema/NNNN_name.cql`), applied in
 //! order by `sesame migrate` and recorded in `<keyspace>.schema_migrations`.
-//! Every statement is `IF NOT EXISTS`, so applying a migration again (after
-//! one interrupted half-way) changes nothing.
+//! Every statement is `IF NOT EXISTS` (or an `ALTER TABLE ... ADD` whose
+//! "column exists" answer counts as done), so applying a migration again
+//! (after one interrupted half-way) changes nothing.
 
 use crate::config::ScyllaConfig;
 use crate::cql::Flavor;
@@ -16,11 +17,30 @@ pub struct Migration {
 
 /// Every migration, oldest first. A new schema version is a new file here;
 /// applied files are never edited.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    cql: include_str!("../schema/0001_initial.cql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        cql: include_str!("../schema/0001_initial.cql"),
+    },
+    Migration {
+        version: 2,
+        name: "tenant_client_identity",
+        cql: include_str!("../schema/0002_tenant_client_identity.cql"),
+    },
+];
+
+/// `ALTER TABLE ... ADD <column>`: not idempotent in CQL itself.
+pub fn is_add_column(statement: &str) -> bool {
+    let s = statement.to_ascii_uppercase();
+    s.starts_with("ALTER TABLE") && s.contains(" ADD ")
+}
+
+/// The server's answer to adding a column that is already there (ScyllaDB
+/// and Cassandra word it the same way).
+pub fn column_exists_error(message: &str) -> bool {
+    message.contains("conflicts with an existing column") || message.contains("already exist")
+}
 
 /// The version a server needs.
 pub fn latest_version() -> i32 {
@@ -138,7 +158,19 @@ mod tests {
             assert!(!s.to_uppercase().contains("ALLOW FILTERING"), "{s}");
             assert!(!s.contains("CREATE INDEX"), "{s}");
         }
-        assert_eq!(latest_version(), 1);
+        assert_eq!(latest_version(), 2);
+        // Every statement either cannot repeat harm or is recognised as done.
+        for st in &all {
+            let upper = st.to_ascii_uppercase();
+            assert!(
+                upper.contains("IF NOT EXISTS") || is_add_column(st) || upper.starts_with("INSERT"),
+                "{st}"
+            );
+        }
+        assert!(column_exists_error(
+            "Invalid column name client_identity because it conflicts with an existing column"
+        ));
+        assert!(!column_exists_error("Keyspace sesame does not exist"));
         let versions: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
         let mut sorted = versions.clone();
         sorted.sort();

@@ -100,10 +100,19 @@ pub async fn tenants_and_keys(s: Store) {
         display_name: "Bank".into(),
         disabled: false,
         created_at: 1,
+        client_identity: String::new(),
     };
     assert_eq!(s.get_tenant(&t.id).await.unwrap(), None);
     s.put_tenant(&t).await.unwrap();
     assert_eq!(s.get_tenant(&t.id).await.unwrap(), Some(t.clone()));
+    // Binding the tenant to a client certificate is an update in place.
+    let bound = Tenant {
+        client_identity: "spiffe://bank.example/idp".into(),
+        ..t.clone()
+    };
+    s.put_tenant(&bound).await.unwrap();
+    assert_eq!(s.get_tenant(&t.id).await.unwrap(), Some(bound));
+    s.put_tenant(&t).await.unwrap();
     let k = ApiKeyRecord {
         key_id: format!("k{}", &ChallengeId::generate().as_str()[3..]),
         tenant_id: t.id.clone(),

@@ -17,11 +17,16 @@ pub struct ClientTls {
     /// A client certificate chain and key (PEM), for mTLS.
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// The name to check the server's certificate against, when it is not
+    /// the URL's host (a port-forward to 127.0.0.1, an address in an IP-less
+    /// certificate).
+    pub server_name: Option<String>,
 }
 
 impl ClientTls {
     /// From `SESAME_TLS_CA`, `SESAME_TLS_CLIENT_CERT`, `SESAME_TLS_CLIENT_KEY`
-    /// (empty or unset: none), so every tool reads the same variables.
+    /// and `SESAME_TLS_SERVER_NAME` (empty or unset: none), so every tool
+    /// reads the same variables.
     pub fn from_env() -> Self {
         let var = |k: &str| {
             std::env::var_os(k)
@@ -32,12 +37,18 @@ impl ClientTls {
             ca: var("SESAME_TLS_CA"),
             cert: var("SESAME_TLS_CLIENT_CERT"),
             key: var("SESAME_TLS_CLIENT_KEY"),
+            server_name: std::env::var("SESAME_TLS_SERVER_NAME")
+                .ok()
+                .filter(|v| !v.is_empty()),
         }
     }
 
     fn tonic_config(&self) -> Result<ClientTlsConfig, TlsError> {
         let read = |p: &PathBuf| std::fs::read(p).map_err(|e| TlsError::file(p, e));
         let mut c = ClientTlsConfig::new();
+        if let Some(name) = &self.server_name {
+            c = c.domain_name(name.clone());
+        }
         match &self.ca {
             Some(ca) => c = c.ca_certificate(Certificate::from_pem(read(ca)?)),
             None => c = c.with_webpki_roots(),
