@@ -31,6 +31,12 @@ pub mod ratelimit {
     }
 }
 
+pub mod admin {
+    pub mod v1 {
+        include!("gen/sesame.admin.v1.rs");
+    }
+}
+
 pub mod simulator {
     pub mod v1 {
         include!("gen/sesame.simulator.v1.rs");

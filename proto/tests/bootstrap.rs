@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "sesame/device/v1/device.proto",
     "sesame/simulator/v1/simulator.proto",
     "sesame/ratelimit/v1/ratelimit.proto",
+    "sesame/admin/v1/admin.proto",
 ];
 
 fn generate(out: &Path) {

@@ -156,6 +156,7 @@ impl Sesame {
                             secret_sha256: hash,
                             created_at: now_ms(),
                             revoked: false,
+                            expires_at: 0,
                         })
                         .await?
                 }

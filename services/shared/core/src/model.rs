@@ -34,6 +34,39 @@ pub struct ApiKeyRecord {
     pub secret_sha256: [u8; 32],
     pub created_at: UnixMillis,
     pub revoked: bool,
+    /// When the key stops working (a rotated-out key keeps working for a
+    /// grace period, so two keys are live at once); 0: never.
+    #[serde(default)]
+    pub expires_at: UnixMillis,
+}
+
+/// Where an API key is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKeyState {
+    Active,
+    /// Rotated out: still accepted until `expires_at`.
+    Expiring,
+    Expired,
+    Revoked,
+}
+
+impl ApiKeyRecord {
+    pub fn state(&self, now: UnixMillis) -> ApiKeyState {
+        if self.revoked {
+            ApiKeyState::Revoked
+        } else if self.expires_at == 0 {
+            ApiKeyState::Active
+        } else if now < self.expires_at {
+            ApiKeyState::Expiring
+        } else {
+            ApiKeyState::Expired
+        }
+    }
+
+    /// Accepted for a call at `now`.
+    pub fn is_live(&self, now: UnixMillis) -> bool {
+        matches!(self.state(now), ApiKeyState::Active | ApiKeyState::Expiring)
+    }
 }
 
 /// A pending enrollment, keyed by the SHA-256 of its one-time token.

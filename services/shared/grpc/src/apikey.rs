@@ -20,6 +20,7 @@ pub fn generate(tenant: &TenantId, now: UnixMillis) -> (String, ApiKeyRecord) {
         secret_sha256: Sha256::digest(secret.as_bytes()).into(),
         created_at: now,
         revoked: false,
+        expires_at: 0,
     };
     (format!("{PREFIX}{key_id}_{secret}"), record)
 }

@@ -108,8 +108,14 @@ enum Kind {
 struct Statements {
     put_tenant: Stmt,
     get_tenant: Stmt,
+    get_tenant_serial: Stmt,
+    create_tenant: Stmt,
+    list_tenants_first: Stmt,
+    list_tenants_after: Stmt,
     put_api_key: Stmt,
+    index_api_key: Stmt,
     get_api_key: Stmt,
+    list_api_key_ids: Stmt,
     put_enrollment: Stmt,
     get_enrollment: Stmt,
     get_enrollment_serial: Stmt,
@@ -634,13 +640,48 @@ async fn prepare_all(
             Read,
         )
         .await?,
+        get_tenant_serial: prep(
+            "SELECT tenant_id, display_name, disabled, created_at, client_identity FROM {ks}.tenants WHERE tenant_id = ? [USING TIMEOUT]",
+            SerialRead,
+        )
+        .await?,
+        // Created by a lightweight transaction, updated by plain writes:
+        // an update comes seconds after the creation at the earliest, so
+        // the two never contend for one Paxos round.
+        create_tenant: prep(
+            "INSERT INTO {ks}.tenants (tenant_id, display_name, disabled, created_at, client_identity) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS [USING TIMEOUT]",
+            Conditional,
+        )
+        .await?,
+        // A whole-table walk in token order, one page per call: tenants are
+        // few and listed only by administrators.
+        list_tenants_first: prep(
+            "SELECT tenant_id, display_name, disabled, created_at, client_identity FROM {ks}.tenants LIMIT ? [USING TIMEOUT]",
+            Read,
+        )
+        .await?,
+        list_tenants_after: prep(
+            "SELECT tenant_id, display_name, disabled, created_at, client_identity FROM {ks}.tenants WHERE token(tenant_id) > token(?) LIMIT ? [USING TIMEOUT]",
+            Read,
+        )
+        .await?,
         put_api_key: prep(
-            "INSERT INTO {ks}.api_keys (key_id, tenant_id, secret_sha256, created_at, revoked) VALUES (?, ?, ?, ?, ?) [USING TIMEOUT]",
+            "INSERT INTO {ks}.api_keys (key_id, tenant_id, secret_sha256, created_at, revoked, expires_at) VALUES (?, ?, ?, ?, ?, ?) [USING TIMEOUT]",
+            Write,
+        )
+        .await?,
+        index_api_key: prep(
+            "INSERT INTO {ks}.api_keys_by_tenant (tenant_id, key_id) VALUES (?, ?) [USING TIMEOUT]",
             Write,
         )
         .await?,
         get_api_key: prep(
-            "SELECT key_id, tenant_id, secret_sha256, created_at, revoked FROM {ks}.api_keys WHERE key_id = ? [USING TIMEOUT]",
+            "SELECT key_id, tenant_id, secret_sha256, created_at, revoked, expires_at FROM {ks}.api_keys WHERE key_id = ? [USING TIMEOUT]",
+            Read,
+        )
+        .await?,
+        list_api_key_ids: prep(
+            "SELECT key_id FROM {ks}.api_keys_by_tenant WHERE tenant_id = ? [USING TIMEOUT]",
             Read,
         )
         .await?,
@@ -795,29 +836,69 @@ impl Storage for ScyllaStorage {
     }
 
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
-        let row = self
-            .read_one::<(String, String, bool, i64, Option<String>)>(
-                &self.st.get_tenant,
-                vec![text(id.as_str())],
-                "read a tenant",
+        self.read_one::<TenantRow>(
+            &self.st.get_tenant,
+            vec![text(id.as_str())],
+            "read a tenant",
+        )
+        .await?
+        .map(tenant_of)
+        .transpose()
+    }
+
+    async fn create_tenant(&self, t: &Tenant) -> Result<bool> {
+        let answer = self
+            .lwt(
+                &self.st.create_tenant,
+                vec![
+                    text(t.id.as_str()),
+                    text(&t.display_name),
+                    boolean(t.disabled),
+                    big(t.created_at),
+                    text(&t.client_identity),
+                ],
+                "create a tenant",
             )
             .await?;
-        // Rows written before schema version 2 have no client_identity.
-        row.map(
-            |(id, display_name, disabled, created_at, client_identity)| {
-                Ok(Tenant {
-                    id: TenantId::parse(&id).map_err(|e| StorageError::Corrupt {
-                        table: "tenants".into(),
-                        message: e.to_string(),
-                    })?,
-                    display_name,
-                    disabled,
-                    created_at,
-                    client_identity: client_identity.unwrap_or_default(),
-                })
-            },
-        )
-        .transpose()
+        match answer {
+            Lwt::Applied => Ok(true),
+            Lwt::NotApplied => Ok(false),
+            // Read back at SERIAL: the row is ours if it is what we wrote.
+            Lwt::Unknown => {
+                let now = self
+                    .read_one::<TenantRow>(
+                        &self.st.get_tenant_serial,
+                        vec![text(t.id.as_str())],
+                        "read a tenant",
+                    )
+                    .await?
+                    .map(tenant_of)
+                    .transpose()?;
+                Ok(now.as_ref() == Some(t))
+            }
+        }
+    }
+
+    async fn list_tenants(&self, after: Option<&TenantId>, limit: usize) -> Result<Vec<Tenant>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = int(limit.min(10_000) as i32);
+        let rows = match after {
+            None => {
+                self.read_all::<TenantRow>(&self.st.list_tenants_first, vec![limit], "list tenants")
+                    .await?
+            }
+            Some(a) => {
+                self.read_all::<TenantRow>(
+                    &self.st.list_tenants_after,
+                    vec![text(a.as_str()), limit],
+                    "list tenants",
+                )
+                .await?
+            }
+        };
+        rows.into_iter().map(tenant_of).collect()
     }
 
     async fn put_api_key(&self, k: &ApiKeyRecord) -> Result<()> {
@@ -829,16 +910,44 @@ impl Storage for ScyllaStorage {
                 blob(k.secret_sha256),
                 big(k.created_at),
                 boolean(k.revoked),
+                big(k.expires_at),
             ],
             "store an API key",
+        )
+        .await?;
+        // The index after the record: a key listed is a key that exists.
+        self.execute(
+            &self.st.index_api_key,
+            vec![text(k.tenant_id.as_str()), text(&k.key_id)],
+            "index an API key",
         )
         .await
         .map(|_| ())
     }
 
+    async fn list_api_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKeyRecord>> {
+        let ids = self
+            .read_all::<(String,)>(
+                &self.st.list_api_key_ids,
+                vec![text(tenant.as_str())],
+                "list API keys",
+            )
+            .await?;
+        let mut keys = Vec::with_capacity(ids.len());
+        for (id,) in ids {
+            if let Some(k) = self.get_api_key(&id).await? {
+                if &k.tenant_id == tenant {
+                    keys.push(k);
+                }
+            }
+        }
+        keys.sort_by(|a, b| (a.created_at, &a.key_id).cmp(&(b.created_at, &b.key_id)));
+        Ok(keys)
+    }
+
     async fn get_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>> {
         let row = self
-            .read_one::<(String, String, Vec<u8>, i64, bool)>(
+            .read_one::<(String, String, Vec<u8>, i64, bool, Option<i64>)>(
                 &self.st.get_api_key,
                 vec![text(key_id)],
                 "read an API key",
@@ -848,7 +957,8 @@ impl Storage for ScyllaStorage {
             table: "api_keys".into(),
             message: m,
         };
-        row.map(|(key_id, tenant, hash, created_at, revoked)| {
+        // Rows written before schema version 3 have no expires_at.
+        row.map(|(key_id, tenant, hash, created_at, revoked, expires_at)| {
             Ok(ApiKeyRecord {
                 key_id,
                 tenant_id: TenantId::parse(&tenant).map_err(|e| corrupt(e.to_string()))?,
@@ -857,6 +967,7 @@ impl Storage for ScyllaStorage {
                     .map_err(|_| corrupt("secret_sha256 is not 32 bytes".into()))?,
                 created_at,
                 revoked,
+                expires_at: expires_at.unwrap_or(0),
             })
         })
         .transpose()

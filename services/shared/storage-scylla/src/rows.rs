@@ -5,7 +5,7 @@
 
 use sesame_core::model::{
     Challenge, ChallengeContext, DenyReason, Device, KeyAlgorithm, NumberMatch, Outcome, Platform,
-    Resolution, UserGuardState,
+    Resolution, Tenant, UserGuardState,
 };
 use sesame_core::{ChallengeId, DeviceId, TenantId};
 use sesame_storage::StorageError;
@@ -15,6 +15,21 @@ fn corrupt(table: &str, message: impl std::fmt::Display) -> StorageError {
         table: table.to_owned(),
         message: message.to_string(),
     }
+}
+
+/// `tenants`: id, display name, disabled, created at, client identity
+/// (absent in rows written before schema version 2).
+pub type TenantRow = (String, String, bool, i64, Option<String>);
+
+pub fn tenant_of(row: TenantRow) -> Result<Tenant, StorageError> {
+    let (id, display_name, disabled, created_at, client_identity) = row;
+    Ok(Tenant {
+        id: TenantId::parse(&id).map_err(|e| corrupt("tenants", e))?,
+        display_name,
+        disabled,
+        created_at,
+        client_identity: client_identity.unwrap_or_default(),
+    })
 }
 
 pub fn platform_text(p: Platform) -> &'static str {

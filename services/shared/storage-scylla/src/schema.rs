@@ -28,6 +28,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "tenant_client_identity",
         cql: include_str!("../schema/0002_tenant_client_identity.cql"),
     },
+    Migration {
+        version: 3,
+        name: "api_key_admin",
+        cql: include_str!("../schema/0003_api_key_admin.cql"),
+    },
 ];
 
 /// `ALTER TABLE ... ADD <column>`: not idempotent in CQL itself.
@@ -146,7 +151,7 @@ mod tests {
             .filter(|s| s.starts_with("CREATE TABLE"))
             .collect();
         // schema_migrations plus one table per access path.
-        assert_eq!(tables.len(), 11, "{tables:#?}");
+        assert_eq!(tables.len(), 12, "{tables:#?}");
         for s in &tables {
             assert!(
                 s.starts_with("CREATE TABLE IF NOT EXISTS sesame_test."),
@@ -158,7 +163,7 @@ mod tests {
             assert!(!s.to_uppercase().contains("ALLOW FILTERING"), "{s}");
             assert!(!s.contains("CREATE INDEX"), "{s}");
         }
-        assert_eq!(latest_version(), 2);
+        assert_eq!(latest_version(), 3);
         // Every statement either cannot repeat harm or is recognised as done.
         for st in &all {
             let upper = st.to_ascii_uppercase();

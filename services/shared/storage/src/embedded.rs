@@ -368,6 +368,40 @@ impl Storage for EmbeddedStorage {
         self.read(TENANTS, id.as_str().as_bytes())
     }
 
+    async fn create_tenant(&self, tenant: &Tenant) -> Result<bool> {
+        let (k, v) = (tenant.id.as_str().as_bytes().to_vec(), encode(tenant)?);
+        // The check and the insert share the writer's transaction: no race.
+        self.write(move |txn| {
+            let mut table = txn.open_table(TENANTS).map_err(backend)?;
+            if table.get(k.as_slice()).map_err(backend)?.is_some() {
+                return Ok(false);
+            }
+            table.insert(k.as_slice(), v.as_slice()).map_err(backend)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn list_tenants(&self, after: Option<&TenantId>, limit: usize) -> Result<Vec<Tenant>> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(TENANTS).map_err(backend)?;
+        let range = match after {
+            // Ids are ASCII without NUL: the first key after `a` is `a\0`.
+            Some(a) => {
+                let mut start = a.as_str().as_bytes().to_vec();
+                start.push(0);
+                table.range(start.as_slice()..).map_err(backend)?
+            }
+            None => table.range::<&[u8]>(..).map_err(backend)?,
+        };
+        let mut out = Vec::new();
+        for entry in range.take(limit) {
+            let (_, v) = entry.map_err(backend)?;
+            out.push(decode::<Tenant>("tenants", v.value())?);
+        }
+        Ok(out)
+    }
+
     async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
         let (k, v) = (key.key_id.as_bytes().to_vec(), encode(key)?);
         self.write(move |txn| put_in(txn, API_KEYS, &k, &v)).await
@@ -375,6 +409,23 @@ impl Storage for EmbeddedStorage {
 
     async fn get_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>> {
         self.read(API_KEYS, key_id.as_bytes())
+    }
+
+    async fn list_api_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKeyRecord>> {
+        // Keys are few (a handful per tenant) and listed only by
+        // administrators: a scan costs less than a second index to keep.
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(API_KEYS).map_err(backend)?;
+        let mut keys = Vec::new();
+        for entry in table.range::<&[u8]>(..).map_err(backend)? {
+            let (_, v) = entry.map_err(backend)?;
+            let k = decode::<ApiKeyRecord>("api_keys", v.value())?;
+            if &k.tenant_id == tenant {
+                keys.push(k);
+            }
+        }
+        keys.sort_by(|a, b| (a.created_at, &a.key_id).cmp(&(b.created_at, &b.key_id)));
+        Ok(keys)
     }
 
     async fn create_enrollment(&self, ticket: &EnrollmentTicket) -> Result<()> {

@@ -62,8 +62,18 @@ pub trait Storage: Send + Sync + 'static {
 
     async fn put_tenant(&self, tenant: &Tenant) -> Result<()>;
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>>;
+    /// Stores a new tenant unless one with its id exists: `false` then,
+    /// and the existing one is untouched (two admins creating the same
+    /// tenant at once get one tenant).
+    async fn create_tenant(&self, tenant: &Tenant) -> Result<bool>;
+    /// Up to `limit` tenants after `after` (the last one of the previous
+    /// page), in an order the backend keeps stable: by id, or by token on
+    /// ScyllaDB. A page shorter than `limit` is the last.
+    async fn list_tenants(&self, after: Option<&TenantId>, limit: usize) -> Result<Vec<Tenant>>;
     async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<()>;
     async fn get_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>>;
+    /// Every key record of one tenant (revoked and expired ones too), oldest first.
+    async fn list_api_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKeyRecord>>;
 
     async fn create_enrollment(&self, ticket: &EnrollmentTicket) -> Result<()>;
     async fn get_enrollment(&self, token_sha256: &[u8; 32]) -> Result<Option<EnrollmentTicket>>;

@@ -65,6 +65,26 @@ impl Storage for MemStorage {
         Ok(self.lock()?.tenants.get(id).cloned())
     }
 
+    async fn create_tenant(&self, tenant: &Tenant) -> Result<bool> {
+        let mut inner = self.lock()?;
+        if inner.tenants.contains_key(&tenant.id) {
+            return Ok(false);
+        }
+        inner.tenants.insert(tenant.id.clone(), tenant.clone());
+        Ok(true)
+    }
+
+    async fn list_tenants(&self, after: Option<&TenantId>, limit: usize) -> Result<Vec<Tenant>> {
+        let inner = self.lock()?;
+        let mut all: Vec<&Tenant> = inner
+            .tenants
+            .values()
+            .filter(|t| after.is_none_or(|a| t.id.as_str() > a.as_str()))
+            .collect();
+        all.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        Ok(all.into_iter().take(limit).cloned().collect())
+    }
+
     async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
         self.lock()?
             .api_keys
@@ -74,6 +94,18 @@ impl Storage for MemStorage {
 
     async fn get_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>> {
         Ok(self.lock()?.api_keys.get(key_id).cloned())
+    }
+
+    async fn list_api_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKeyRecord>> {
+        let mut keys: Vec<ApiKeyRecord> = self
+            .lock()?
+            .api_keys
+            .values()
+            .filter(|k| &k.tenant_id == tenant)
+            .cloned()
+            .collect();
+        keys.sort_by(|a, b| (a.created_at, &a.key_id).cmp(&(b.created_at, &b.key_id)));
+        Ok(keys)
     }
 
     async fn create_enrollment(&self, ticket: &EnrollmentTicket) -> Result<()> {

@@ -92,6 +92,21 @@ impl Storage for MeteredStorage {
         self.timed("get_tenant", self.inner.get_tenant(id)).await
     }
 
+    async fn create_tenant(&self, tenant: &Tenant) -> Result<bool> {
+        self.timed("create_tenant", self.inner.create_tenant(tenant))
+            .await
+    }
+
+    async fn list_tenants(&self, after: Option<&TenantId>, limit: usize) -> Result<Vec<Tenant>> {
+        self.timed("list_tenants", self.inner.list_tenants(after, limit))
+            .await
+    }
+
+    async fn list_api_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKeyRecord>> {
+        self.timed("list_api_keys", self.inner.list_api_keys(tenant))
+            .await
+    }
+
     async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
         self.timed("put_api_key", self.inner.put_api_key(key)).await
     }

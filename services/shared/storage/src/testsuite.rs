@@ -119,11 +119,109 @@ pub async fn tenants_and_keys(s: Store) {
         secret_sha256: [9; 32],
         created_at: 1,
         revoked: false,
+        expires_at: 0,
     };
     s.put_api_key(&k).await.unwrap();
     assert_eq!(s.get_api_key(&k.key_id).await.unwrap(), Some(k.clone()));
     assert_eq!(s.get_api_key("nope").await.unwrap(), None);
+    // A rotated-out key keeps its record, with an expiry.
+    let expiring = ApiKeyRecord {
+        expires_at: 5_000,
+        ..k.clone()
+    };
+    s.put_api_key(&expiring).await.unwrap();
+    assert_eq!(s.get_api_key(&k.key_id).await.unwrap(), Some(expiring));
     s.health_check().await.unwrap();
+}
+
+fn new_tenant(id: TenantId, name: &str) -> Tenant {
+    Tenant {
+        id,
+        display_name: name.into(),
+        disabled: false,
+        created_at: now_ms(),
+        client_identity: String::new(),
+    }
+}
+
+pub async fn create_tenant_is_insert_if_absent(s: Store) {
+    let t = new_tenant(fresh_tenant(), "First");
+    assert!(s.create_tenant(&t).await.unwrap());
+    let again = new_tenant(t.id.clone(), "Second");
+    assert!(!s.create_tenant(&again).await.unwrap());
+    assert_eq!(s.get_tenant(&t.id).await.unwrap(), Some(t.clone()));
+    // Racing creators of one id: exactly one wins.
+    let id = fresh_tenant();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (s, t) = (s.clone(), new_tenant(id.clone(), &format!("racer {i}")));
+        tasks.push(tokio::spawn(
+            async move { s.create_tenant(&t).await.unwrap() },
+        ));
+    }
+    let mut won = 0;
+    for t in tasks {
+        won += usize::from(t.await.unwrap());
+    }
+    assert_eq!(won, 1);
+}
+
+pub async fn tenants_listed_in_pages(s: Store) {
+    let mut mine = std::collections::BTreeSet::new();
+    for _ in 0..7 {
+        let t = new_tenant(fresh_tenant(), "Paged");
+        assert!(s.create_tenant(&t).await.unwrap());
+        mine.insert(t.id.as_str().to_owned());
+    }
+    // A shared cluster holds other tests' tenants too: walk every page and
+    // check each of ours comes exactly once, and no page repeats a tenant.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut after: Option<TenantId> = None;
+    loop {
+        let page = s.list_tenants(after.as_ref(), 3).await.unwrap();
+        assert!(page.len() <= 3);
+        for t in &page {
+            assert!(
+                seen.insert(t.id.as_str().to_owned()),
+                "{} listed twice",
+                t.id
+            );
+        }
+        if page.len() < 3 {
+            break;
+        }
+        after = page.last().map(|t| t.id.clone());
+    }
+    assert!(
+        mine.is_subset(&seen),
+        "missing {:?}",
+        mine.difference(&seen)
+    );
+    assert!(s.list_tenants(None, 0).await.unwrap().is_empty());
+}
+
+pub async fn api_keys_listed_per_tenant(s: Store) {
+    let (a, b) = (fresh_tenant(), fresh_tenant());
+    let key = |t: &TenantId, created_at: i64| ApiKeyRecord {
+        key_id: format!("k{}", &ChallengeId::generate().as_str()[3..]),
+        tenant_id: t.clone(),
+        secret_sha256: [3; 32],
+        created_at,
+        revoked: false,
+        expires_at: 0,
+    };
+    let (a1, a2, b1) = (key(&a, 10), key(&a, 20), key(&b, 15));
+    for k in [&a2, &b1, &a1] {
+        s.put_api_key(k).await.unwrap();
+    }
+    let revoked = ApiKeyRecord {
+        revoked: true,
+        ..a1.clone()
+    };
+    s.put_api_key(&revoked).await.unwrap();
+    assert_eq!(s.list_api_keys(&a).await.unwrap(), vec![revoked, a2]);
+    assert_eq!(s.list_api_keys(&b).await.unwrap(), vec![b1]);
+    assert!(s.list_api_keys(&fresh_tenant()).await.unwrap().is_empty());
 }
 
 pub async fn enrollment_token_is_single_use(s: Store) {
@@ -632,6 +730,9 @@ macro_rules! storage_suite {
     (@attrs $attrs:tt $make:expr) => {
         $crate::storage_suite!(@cases $attrs $make;
             tenants_and_keys,
+            create_tenant_is_insert_if_absent,
+            tenants_listed_in_pages,
+            api_keys_listed_per_tenant,
             enrollment_token_is_single_use,
             device_limit_per_user,
             enrollment_token_race_has_one_winner,
