@@ -3,11 +3,13 @@
 //! - [`EnrollmentApi`]: begin enrollment, list and revoke devices;
 //! - [`ChallengeApi`]: create, get, watch (server stream) and cancel challenges;
 //! - [`WatchHub`]: wakes watch streams when an event says a challenge changed;
-//! - [`TenantAuth`]: API-key authentication, keys stored as SHA-256 hashes.
+//! - [`TenantAuth`]: API-key authentication, keys stored as SHA-256 hashes;
+//! - [`TenantAdminApi`]: the operator's API for tenants and their keys.
 //!
 //! Both services are thin adapters from proto to the domain; all state lives
 //! behind the `Storage` and `Queue` traits so any number of replicas can run.
 
+pub mod admin;
 mod challenges;
 mod enrollment;
 mod hub;
@@ -17,6 +19,7 @@ mod shutdown;
 
 use std::sync::Arc;
 
+pub use admin::TenantAdminApi;
 pub use challenges::ChallengeApi;
 pub use enrollment::EnrollmentApi;
 pub use hub::WatchHub;

@@ -43,6 +43,12 @@ pub struct Config {
     /// replica accepts the same key): `sk_<16 hex>_<secret>`. When set, no
     /// key file is written.
     pub dev_tenant_key: String,
+    /// A file holding the admin key (`adm_...`, e.g. a mounted Kubernetes
+    /// Secret) that the tenant-administration API
+    /// (`sesame.admin.v1.TenantAdminService`) demands. Empty: with
+    /// `dev_tenant`, one is generated into `<data_dir>/admin.key`; without,
+    /// the admin API is off.
+    pub admin_key_file: String,
     /// `text` (development) or `json` (production).
     pub log_format: String,
     /// A tracing filter, e.g. `info` or `sesame=debug,info`.
@@ -288,6 +294,7 @@ impl Default for Config {
             durable_writes: true,
             dev_tenant: true,
             dev_tenant_key: String::new(),
+            admin_key_file: String::new(),
             log_format: "text".into(),
             log_level: "info".into(),
             max_devices_per_user: sesame_core::limits::MAX_DEVICES_PER_USER,
@@ -594,6 +601,7 @@ impl Config {
 const CLIENT_ENV: &[&str] = &[
     "SESAME_LOG",
     "SESAME_API_KEY",
+    "SESAME_ADMIN_KEY",
     "SESAME_SCYLLA_NODES",
     "SESAME_SCYLLA_DC",
     "SESAME_SCYLLA_RF",

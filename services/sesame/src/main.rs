@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use sesame::cli;
 use sesame::{Config, Sesame};
 use sesame_core::crypto::KeyAlgorithm;
@@ -154,6 +154,87 @@ enum Command {
         #[command(subcommand)]
         command: DeviceCommand,
     },
+    /// Operator: create, list, disable and enable tenants, bind them to a
+    /// client certificate (admin key required).
+    Tenant {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Operator: create, list, rotate and revoke a tenant's API keys (admin
+    /// key required). New keys are printed once, alone on stdout.
+    Apikey {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: ApikeyCommand,
+    },
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    #[arg(long, global = true, default_value = DEFAULT_SERVER)]
+    server: String,
+    /// The admin key; default: the one `sesame serve` generated in <data-dir>/admin.key.
+    #[arg(long, global = true, env = "SESAME_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+    #[arg(long, global = true, default_value = "sesame-data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant; prints its first API key.
+    Create {
+        tenant_id: String,
+        #[arg(long, default_value = "")]
+        display_name: String,
+        /// Client-certificate identity its calls must present (URI SAN or subject DN).
+        #[arg(long, default_value = "")]
+        client_identity: String,
+    },
+    /// Show one tenant: id, state, created, client identity, name.
+    Get {
+        tenant_id: String,
+    },
+    /// Every tenant, one per line.
+    List,
+    /// Refuse every call of the tenant (PERMISSION_DENIED) until enabled again.
+    Disable {
+        tenant_id: String,
+    },
+    Enable {
+        tenant_id: String,
+    },
+    /// Demand a client certificate with this identity on the tenant's calls;
+    /// an empty identity ("") removes the binding.
+    Bind {
+        tenant_id: String,
+        client_identity: String,
+    },
+    Rename {
+        tenant_id: String,
+        display_name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApikeyCommand {
+    /// A new key beside the tenant's others; printed once.
+    Create { tenant_id: String },
+    /// The tenant's keys: id, state, created, expires (never secrets).
+    List { tenant_id: String },
+    /// A new key now; the old one keeps working for --grace-seconds.
+    Rotate {
+        tenant_id: String,
+        key_id: String,
+        /// How long the old key still works (default one day; 0: stop now).
+        #[arg(long)]
+        grace_seconds: Option<u32>,
+    },
+    /// Stop a key at once.
+    Revoke { tenant_id: String, key_id: String },
 }
 
 #[derive(Subcommand)]
@@ -534,6 +615,76 @@ async fn real_main() -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Tenant { admin, command } => {
+            let mut a = admin_client(admin).await?;
+            let update = |tenant_id: String| sesame_proto::admin::v1::UpdateTenantRequest {
+                tenant_id,
+                ..Default::default()
+            };
+            match command {
+                TenantCommand::Create {
+                    tenant_id,
+                    display_name,
+                    client_identity,
+                } => {
+                    a.create_tenant(&tenant_id, &display_name, &client_identity)
+                        .await?
+                }
+                TenantCommand::Get { tenant_id } => a.get_tenant(&tenant_id).await?,
+                TenantCommand::List => a.list_tenants().await?,
+                TenantCommand::Disable { tenant_id } => {
+                    a.update_tenant(sesame_proto::admin::v1::UpdateTenantRequest {
+                        disabled: Some(true),
+                        ..update(tenant_id)
+                    })
+                    .await?
+                }
+                TenantCommand::Enable { tenant_id } => {
+                    a.update_tenant(sesame_proto::admin::v1::UpdateTenantRequest {
+                        disabled: Some(false),
+                        ..update(tenant_id)
+                    })
+                    .await?
+                }
+                TenantCommand::Bind {
+                    tenant_id,
+                    client_identity,
+                } => {
+                    a.update_tenant(sesame_proto::admin::v1::UpdateTenantRequest {
+                        client_identity: Some(client_identity),
+                        ..update(tenant_id)
+                    })
+                    .await?
+                }
+                TenantCommand::Rename {
+                    tenant_id,
+                    display_name,
+                } => {
+                    a.update_tenant(sesame_proto::admin::v1::UpdateTenantRequest {
+                        display_name: Some(display_name),
+                        ..update(tenant_id)
+                    })
+                    .await?
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Apikey { admin, command } => {
+            let mut a = admin_client(admin).await?;
+            match command {
+                ApikeyCommand::Create { tenant_id } => a.create_key(&tenant_id).await?,
+                ApikeyCommand::List { tenant_id } => a.list_keys(&tenant_id).await?,
+                ApikeyCommand::Rotate {
+                    tenant_id,
+                    key_id,
+                    grace_seconds,
+                } => a.rotate_key(&tenant_id, &key_id, grace_seconds).await?,
+                ApikeyCommand::Revoke { tenant_id, key_id } => {
+                    a.revoke_key(&tenant_id, &key_id).await?
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Device { command } => match command {
             DeviceCommand::Enroll {
                 uri,
@@ -579,6 +730,11 @@ async fn real_main() -> anyhow::Result<ExitCode> {
             }
         },
     }
+}
+
+async fn admin_client(a: AdminArgs) -> anyhow::Result<cli::admin::Admin> {
+    let key = cli::admin::resolve_admin_key(a.admin_key.as_deref(), &a.data_dir)?;
+    cli::admin::Admin::connect(&a.server, key).await
 }
 
 fn main() -> ExitCode {

@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sesame_challenge::{
-    apikey, ChallengeApi, ChallengeConfig, EnrollmentApi, Shutdown, TenantAuth, WatchHub,
+    apikey, ChallengeApi, ChallengeConfig, EnrollmentApi, Shutdown, TenantAdminApi, TenantAuth,
+    WatchHub,
 };
 use sesame_core::time::now_ms;
 use sesame_core::{Tenant, TenantId};
 use sesame_dispatcher::{Dispatcher, DispatcherConfig};
+use sesame_proto::admin::v1::tenant_admin_service_server::TenantAdminServiceServer;
 use sesame_proto::device::v1::device_service_server::DeviceServiceServer;
 use sesame_proto::ratelimit::v1::rate_limit_service_server::RateLimitServiceServer;
 use sesame_proto::simulator::v1::push_gateway_server::PushGatewayServer;
@@ -37,6 +39,9 @@ use crate::inbox::{GatewayApi, InboxApi};
 pub const DEV_TENANT: &str = "dev";
 /// Its API key file, inside the data directory.
 pub const DEV_KEY_FILE: &str = "dev-tenant.key";
+/// The generated admin key's file, inside the data directory.
+pub const ADMIN_KEY_FILE: &str = "admin.key";
+const ADMIN_SERVICE: &str = "sesame.admin.v1.TenantAdminService";
 const ENROLLMENT_SERVICE: &str = "sesame.tenant.v1.EnrollmentService";
 const CHALLENGE_SERVICE: &str = "sesame.tenant.v1.ChallengeService";
 const DEVICE_SERVICE: &str = "sesame.device.v1.DeviceService";
@@ -144,8 +149,8 @@ impl Sesame {
                     anyhow::bail!("dev_tenant_key: key id {key_id} belongs to another tenant")
                 }
                 // A revoked key stays revoked, whatever the configuration says.
-                Some(r) if r.revoked => {
-                    anyhow::bail!("dev_tenant_key: key {key_id} was revoked; configure a new one")
+                Some(r) if !r.is_live(now_ms()) => {
+                    anyhow::bail!("dev_tenant_key: key {key_id} was revoked or rotated out; configure a new one")
                 }
                 Some(r) if r.secret_sha256 == hash => {}
                 _ => {
@@ -169,7 +174,10 @@ impl Sesame {
         if let Ok(existing) = std::fs::read_to_string(&path) {
             if let Some((key_id, hash)) = apikey::parse(existing.trim()) {
                 if let Some(rec) = self.storage.get_api_key(key_id).await? {
-                    if rec.secret_sha256 == hash && !rec.revoked && rec.tenant_id == tenant_id {
+                    if rec.secret_sha256 == hash
+                        && rec.is_live(now_ms())
+                        && rec.tenant_id == tenant_id
+                    {
                         return Ok(Some(path));
                     }
                 }
@@ -180,6 +188,41 @@ impl Sesame {
         sesame_device_sim::write_private(&path, format!("{key}\n").as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(Some(path))
+    }
+
+    /// The SHA-256 of the admin key the tenant-administration API demands:
+    /// the one in `admin_key_file`; else, with `dev_tenant`, the one in
+    /// `<data_dir>/admin.key`, generated on first start; else `None` (the
+    /// admin API is not served).
+    pub fn admin_key(&self) -> anyhow::Result<Option<[u8; 32]>> {
+        use sesame_challenge::admin::{admin_key_sha256, generate_admin_key};
+        let file = self.config.admin_key_file.trim();
+        if !file.is_empty() {
+            let key = std::fs::read_to_string(file)
+                .with_context(|| format!("reading admin_key_file {file}"))?;
+            let hash = admin_key_sha256(key.trim()).with_context(|| {
+                format!("admin_key_file {file} does not hold an admin key (adm_ and 32-128 base64url characters; `openssl rand -base64 32 | tr '+/' '-_' | tr -d '=' | sed 's/^/adm_/'` makes one)")
+            })?;
+            return Ok(Some(hash));
+        }
+        if !self.config.dev_tenant {
+            return Ok(None);
+        }
+        let path = self.config.data_dir.join(ADMIN_KEY_FILE);
+        if let Ok(existing) = std::fs::read_to_string(&path) {
+            if let Some(hash) = admin_key_sha256(existing.trim()) {
+                return Ok(Some(hash));
+            }
+        }
+        std::fs::create_dir_all(&self.config.data_dir)
+            .with_context(|| format!("creating {}", self.config.data_dir.display()))?;
+        let key = generate_admin_key();
+        sesame_device_sim::write_private(&path, format!("{key}\n").as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        tracing::info!(key_file = %path.display(), "admin key generated; `sesame tenant` and `sesame apikey` find it there");
+        admin_key_sha256(&key)
+            .context("a generated admin key is malformed")
+            .map(Some)
     }
 
     /// Serves until `shutdown` resolves, then drains. The admin listener
@@ -212,6 +255,11 @@ impl Sesame {
     ) -> anyhow::Result<()> {
         // Every role records metrics whether or not this process serves them.
         crate::telemetry::prometheus();
+        let admin_key = if self.roles.challenge {
+            self.admin_key()?
+        } else {
+            None
+        };
         let tls = match self.config.tls.files() {
             Some(files) => {
                 let cert = files.cert.display().to_string();
@@ -319,6 +367,27 @@ impl Sesame {
             max_devices_per_user: config.max_devices_per_user,
         };
 
+        let tenant_admin = match admin_key.filter(|_| roles.challenge) {
+            Some(hash) => {
+                health
+                    .set_service_status(ADMIN_SERVICE, tonic_health::ServingStatus::Serving)
+                    .await;
+                Some(
+                    TenantAdminServiceServer::new(TenantAdminApi::new(
+                        storage.clone(),
+                        auth.clone(),
+                        hash,
+                    ))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                )
+            }
+            None => {
+                if roles.challenge {
+                    tracing::info!("tenant administration API off: set admin_key_file to serve it");
+                }
+                None
+            }
+        };
         let (enrollment, challenges) = if roles.challenge {
             background.spawn(sesame_challenge::run_event_loop(
                 queue.clone(),
@@ -345,10 +414,16 @@ impl Sesame {
                 ),
                 Some(
                     ChallengeServiceServer::new(
-                        ChallengeApi::new(storage.clone(), queue.clone(), auth, hub, guard.clone())
-                            .with_quotas(quotas.clone())
-                            .with_shutdown(streams_shutdown.clone())
-                            .with_watch_resync(Duration::from_millis(config.watch_resync_ms)),
+                        ChallengeApi::new(
+                            storage.clone(),
+                            queue.clone(),
+                            auth.clone(),
+                            hub,
+                            guard.clone(),
+                        )
+                        .with_quotas(quotas.clone())
+                        .with_shutdown(streams_shutdown.clone())
+                        .with_watch_resync(Duration::from_millis(config.watch_resync_ms)),
                     )
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
                 ),
@@ -383,11 +458,8 @@ impl Sesame {
 
         let ratelimit = roles.ratelimit.then(|| {
             let limiter = Arc::new(DescriptorLimiter::new(config.ratelimit.limits.clone()));
-            RateLimitServiceServer::new(RateLimitApi::new(
-                limiter,
-                TenantAuth::new(storage.clone()),
-            ))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            RateLimitServiceServer::new(RateLimitApi::new(limiter, auth.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
         });
         if ratelimit.is_some() {
             health
@@ -463,6 +535,7 @@ impl Sesame {
                 CHALLENGE_SERVICE,
                 DEVICE_SERVICE,
                 RATELIMIT_SERVICE,
+                ADMIN_SERVICE,
             ] {
                 health_for_drain
                     .set_service_status(service, tonic_health::ServingStatus::NotServing)
@@ -502,6 +575,7 @@ impl Sesame {
             .add_optional_service(challenges)
             .add_optional_service(device)
             .add_optional_service(ratelimit)
+            .add_optional_service(tenant_admin)
             .add_optional_service(inbox)
             .add_optional_service(gateway);
         let stop_signal = async {

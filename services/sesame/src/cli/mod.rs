@@ -1,6 +1,7 @@
 //! Client commands: a tenant's side (`enroll`, `challenge`), a phone's side
-//! (`device`), and both at once (`demo`).
+//! (`device`), both at once (`demo`), and the operator's (`tenant`, `apikey`).
 
+pub mod admin;
 pub mod demo;
 pub mod device;
 pub mod tenant;

@@ -19,6 +19,10 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 pub const MAX_PUSH_TOKEN_LEN: usize = 4096;
 /// Longest device display name, in bytes.
 pub const MAX_DEVICE_NAME_LEN: usize = 64;
+pub const MAX_TENANT_NAME_LEN: usize = 200;
+pub const MAX_CLIENT_IDENTITY_LEN: usize = 512;
+/// Live (active or rotated-out) API keys one tenant may hold at once.
+pub const MAX_LIVE_API_KEYS_PER_TENANT: usize = 10;
 /// Largest public key, in bytes (DER SPKI of P-256 is 91).
 pub const MAX_PUBLIC_KEY_LEN: usize = 256;
 /// Largest signature, in bytes (DER ECDSA P-256 is at most 72).

@@ -57,6 +57,29 @@ pub fn device_name(v: &str) -> Result<(), ValidationError> {
     text("display_name", v, MAX_DEVICE_NAME_LEN, false)
 }
 
+pub fn tenant_display_name(v: &str) -> Result<(), ValidationError> {
+    text("display_name", v, MAX_TENANT_NAME_LEN, false)
+}
+
+/// A client-certificate identity: a URI SAN (`spiffe://bank.example/idp`)
+/// or a subject DN (`O=Bank, CN=idp`); empty: none.
+pub fn client_identity(v: &str) -> Result<(), ValidationError> {
+    text("client_identity", v, MAX_CLIENT_IDENTITY_LEN, false)?;
+    if v.trim() != v {
+        return Err(ValidationError::new(
+            "client_identity",
+            "must not start or end with spaces",
+        ));
+    }
+    if !v.is_empty() && !v.contains("://") && !v.contains('=') {
+        return Err(ValidationError::new(
+            "client_identity",
+            "must be a URI SAN with a scheme (spiffe://bank.example/idp) or a subject DN (O=Bank, CN=idp)",
+        ));
+    }
+    Ok(())
+}
+
 pub fn idempotency_key(v: &str) -> Result<(), ValidationError> {
     text("options.idempotency_key", v, MAX_IDEMPOTENCY_KEY_LEN, false)
 }

@@ -4,14 +4,18 @@
 //!
 //! Verified keys are cached for a short time so that the hot path costs no
 //! storage read; a revoked key or disabled tenant stops working within
-//! [`CACHE_TTL`]. The cache is bounded.
+//! [`CACHE_TTL`] on every instance, and at once on the instance that made
+//! the change ([`TenantAuth::forget_key`], [`TenantAuth::forget_tenant`]).
+//! A rotated-out key's expiry is cached with it and checked on every call,
+//! so it stops at its deadline, not up to a TTL later. The cache is bounded.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::ApiError;
 use dashmap::DashMap;
-use sesame_core::TenantId;
+use sesame_core::time::{now_ms, UnixMillis};
+use sesame_core::{ApiKeyState, TenantId};
 use sesame_storage::Storage;
 use sesame_tls::PeerInfo;
 use subtle::ConstantTimeEq;
@@ -22,9 +26,16 @@ use crate::apikey;
 pub const CACHE_TTL: Duration = Duration::from_secs(10);
 const CACHE_MAX: usize = 10_000;
 
-/// A verified key: SHA-256 of its secret, its tenant, the identity the
-/// tenant is bound to (empty: none), when it was read from storage.
-type CachedKey = ([u8; 32], TenantId, Arc<str>, Instant);
+/// A verified key, as read from storage.
+struct CachedKey {
+    secret_sha256: [u8; 32],
+    tenant: TenantId,
+    /// The client-certificate identity the tenant is bound to (empty: none).
+    identity: Arc<str>,
+    /// 0: never; otherwise the end of a rotation's grace period.
+    expires_at: UnixMillis,
+    read_at: Instant,
+}
 
 #[derive(Clone)]
 pub struct TenantAuth {
@@ -39,6 +50,18 @@ impl TenantAuth {
             storage,
             cache: Arc::new(DashMap::new()),
         }
+    }
+
+    /// Drops a key from this instance's cache: the next call with it reads
+    /// storage again (after a revocation or rotation made here).
+    pub fn forget_key(&self, key_id: &str) {
+        self.cache.remove(key_id);
+    }
+
+    /// Drops every cached key of a tenant (after it is disabled or its
+    /// client-certificate binding changes).
+    pub fn forget_tenant(&self, tenant: &TenantId) {
+        self.cache.retain(|_, k| &k.tenant != tenant);
     }
 
     /// The tenant whose valid key the call carries, if the call also
@@ -76,21 +99,36 @@ impl TenantAuth {
             ApiError::Unauthenticated("authorization must be `Bearer <key>`".into())
         })?;
         let bad = || ApiError::Unauthenticated("invalid API key".into());
+        // Only a holder of the secret learns the key's state.
+        let expired = || {
+            ApiError::Unauthenticated(
+                "API key has expired (rotated out): use the tenant's new key".into(),
+            )
+        };
         let (key_id, presented) = apikey::parse(key.trim()).ok_or_else(bad)?;
 
-        if let Some(e) = self.cache.get(key_id) {
-            let (hash, tenant, identity, at) = e.value();
-            if at.elapsed() < CACHE_TTL {
-                return if bool::from(hash.ct_eq(&presented)) {
-                    Ok((tenant.clone(), identity.clone()))
-                } else {
+        let now = now_ms();
+        if let Some(k) = self.cache.get(key_id) {
+            if k.read_at.elapsed() < CACHE_TTL {
+                return if !bool::from(k.secret_sha256.ct_eq(&presented)) {
                     Err(bad())
+                } else if k.expires_at != 0 && now >= k.expires_at {
+                    Err(expired())
+                } else {
+                    Ok((k.tenant.clone(), k.identity.clone()))
                 };
             }
         }
         let record = self.storage.get_api_key(key_id).await?.ok_or_else(bad)?;
-        if record.revoked || !bool::from(record.secret_sha256.ct_eq(&presented)) {
+        if !bool::from(record.secret_sha256.ct_eq(&presented)) {
             return Err(bad());
+        }
+        match record.state(now) {
+            ApiKeyState::Active | ApiKeyState::Expiring => {}
+            ApiKeyState::Expired => return Err(expired()),
+            ApiKeyState::Revoked => {
+                return Err(ApiError::Unauthenticated("API key is revoked".into()))
+            }
         }
         let tenant = self
             .storage
@@ -106,12 +144,13 @@ impl TenantAuth {
         let identity: Arc<str> = tenant.client_identity.trim().into();
         self.cache.insert(
             key_id.to_owned(),
-            (
-                record.secret_sha256,
-                record.tenant_id.clone(),
-                identity.clone(),
-                Instant::now(),
-            ),
+            CachedKey {
+                secret_sha256: record.secret_sha256,
+                tenant: record.tenant_id.clone(),
+                identity: identity.clone(),
+                expires_at: record.expires_at,
+                read_at: Instant::now(),
+            },
         );
         Ok((record.tenant_id, identity))
     }
