@@ -112,6 +112,7 @@ VALUE_SETS = {
                 },
             },
             "devTenant": {"enabled": False},
+            "tenantAdmin": {"existingSecret": "sesame-admin"},
             "tls": {
                 "enabled": True,
                 "existingSecret": "sesame-tls",
@@ -412,6 +413,7 @@ class ChartRenders(unittest.TestCase):
                     continue
                 with self.subTest(values=name, file=path):
                     self.assertNotRegex(text, r"sk_[0-9a-f]{16}_", "an API key outside a Secret")
+                    self.assertNotRegex(text, r"adm_[A-Za-z0-9_-]{32}", "the admin key outside a Secret")
                     self.assertNotRegex(text, r"BEGIN (EC |RSA )?PRIVATE KEY")
                     self.assertNotIn('"private_key"', text)
                     for v in secret_values:
@@ -436,8 +438,11 @@ class ChartRenders(unittest.TestCase):
         # Every role serves TLS with the same configuration file.
         tls = {"sesame-tls", "tenant-ca", "sesame-internal"}
         self.assertEqual(mounts["dispatcher"], {"kafka-ca", "kafka-sasl", "bank-apns", "bank-fcm"} | tls)
-        for role in ["challenge", "verifier", "ratelimit"]:
-            self.assertEqual(mounts[role], {"scylla-auth", "scylla-tls", "kafka-ca", "kafka-sasl"} | tls, role)
+        state = {"scylla-auth", "scylla-tls", "kafka-ca", "kafka-sasl"} | tls
+        # Only the challenge role serves the admin API.
+        self.assertEqual(mounts["challenge"], state | {"sesame-admin"})
+        for role in ["verifier", "ratelimit"]:
+            self.assertEqual(mounts[role], state, role)
         for _, d in docs:
             if d["kind"] == "Deployment":
                 c = d["spec"]["template"]["spec"]["containers"][0]
@@ -483,6 +488,7 @@ class ChartRenders(unittest.TestCase):
                         self.assertIn("max_prompts = 5", run.stdout)
                         self.assertIn('storage = "scylla://scylla-0.scylla:9042,scylla-1.scylla:9142/sesame"', run.stdout)
                         self.assertIn('cert = "/etc/sesame/secrets/tls/tls.crt"', run.stdout)
+                        self.assertIn('admin_key_file = "/etc/sesame/secrets/admin/admin-key"', run.stdout)
                         self.assertIn('client_ca = "/etc/sesame/secrets/tls-client-ca/ca.crt"', run.stdout)
                         self.assertIn('internal_ca = "/etc/sesame/secrets/tls-internal/ca.crt"', run.stdout)
                         self.assertIn('client_cert = "/etc/sesame/secrets/tls-internal/tls.crt"', run.stdout)
@@ -495,11 +501,16 @@ class ChartRenders(unittest.TestCase):
                         self.assertNotIn("[tls]\ncert = \"/", run.stdout)
 
     def test_the_dev_tenant_key_is_a_valid_api_key(self):
-        (secret,) = self.kinds("defaults", "Secret")
-        key = base64.b64decode(secret["data"]["api-key"]).decode()
+        secrets = {s["metadata"]["name"]: s for s in self.kinds("defaults", "Secret")}
+        self.assertEqual(sorted(secrets), ["sesame-admin", "sesame-dev-tenant"])
+        key = base64.b64decode(secrets["sesame-dev-tenant"]["data"]["api-key"]).decode()
         self.assertRegex(key, r"^sk_[0-9a-f]{16}_[A-Za-z0-9]{43}$")
-        self.assertEqual(secret["metadata"]["annotations"]["helm.sh/resource-policy"], "keep")
-        self.assertEqual(self.kinds("embedded-trial", "Secret"), [], "existingSecret: none created")
+        admin = base64.b64decode(secrets["sesame-admin"]["data"]["admin-key"]).decode()
+        self.assertRegex(admin, r"^adm_[A-Za-z0-9]{43}$")
+        for s in secrets.values():
+            self.assertEqual(s["metadata"]["annotations"]["helm.sh/resource-policy"], "keep")
+        names = [s["metadata"]["name"] for s in self.kinds("embedded-trial", "Secret")]
+        self.assertEqual(names, ["sesame-admin"], "devTenant.existingSecret: no dev-tenant Secret created")
 
     def test_notes_tell_how_to_reach_it(self):
         notes = self.rendered["distributed"]["sesame/templates/NOTES.txt"]

@@ -126,6 +126,10 @@ app.kubernetes.io/component: {{ .role }}
   "shutdown_grace_seconds" (int $v.shutdown.graceSeconds)
   "shutdown_announce_seconds" (int $v.shutdown.announceSeconds)
 -}}
+{{- if $v.tenantAdmin.enabled -}}
+{{- /* Read by the challenge role only, where the Secret is mounted. */ -}}
+{{- $_ := set $c "admin_key_file" (printf "%s/admin/%s" $sec $v.tenantAdmin.secretKey) -}}
+{{- end -}}
 {{- $deviceHost := ternary $fullname (printf "%s-verifier" ($fullname | trunc 52 | trimSuffix "-")) (eq $v.mode "embedded") -}}
 {{- $scheme := ternary "https" "http" $v.tls.enabled -}}
 {{- $_ := set $c "public_device_url" (default (printf "%s://%s.%s.svc:%d" $scheme $deviceHost .Release.Namespace (int $v.ports.grpc)) $v.publicDeviceUrl) -}}
@@ -251,7 +255,7 @@ app.kubernetes.io/component: {{ .role }}
 {{- range $key, $_ := (default dict (default dict $v.config.kafka).properties) -}}
 {{- if regexMatch "(?i)password|secret|jaas" $key -}}{{- fail (printf "config.kafka.properties.%s: no secrets in config (it is rendered into a ConfigMap); use kafka.sasl.existingSecret" $key) -}}{{- end -}}
 {{- end -}}
-{{- range $key := list "dev_tenant_key" "listen" "admin_listen" "data_dir" "log_format" "storage" "queue" "tls" -}}
+{{- range $key := list "dev_tenant_key" "admin_key_file" "listen" "admin_listen" "data_dir" "log_format" "storage" "queue" "tls" -}}
 {{- if hasKey $v.config $key -}}{{- fail (printf "config.%s is set by the chart (from its own values); remove it from config" $key) -}}{{- end -}}
 {{- end -}}
 {{- if and (eq $v.push.provider "simulator") $v.push.apps -}}{{- fail "push.apps are configured but push.provider is simulator: set push.provider=apns_fcm" -}}{{- end -}}

@@ -180,6 +180,11 @@ spec:
           mountPath: {{ $sec }}/kafka-sasl
           readOnly: true
         {{- end }}
+        {{- if and $v.tenantAdmin.enabled (or (eq $role "challenge") (eq $role "all")) }}
+        - name: admin-key
+          mountPath: {{ $sec }}/admin
+          readOnly: true
+        {{- end }}
         {{- if $v.tls.enabled }}
         # Whole directories (no subPath): renewed Secrets update in place.
         - name: tls
@@ -250,6 +255,15 @@ spec:
         items:
           - key: {{ $v.kafka.sasl.passwordKey }}
             path: password
+    {{- end }}
+    {{- if and $v.tenantAdmin.enabled (or (eq $role "challenge") (eq $role "all")) }}
+    - name: admin-key
+      secret:
+        secretName: {{ default (printf "%s-admin" (include "sesame.fullname" $root)) $v.tenantAdmin.existingSecret }}
+        defaultMode: 0440
+        items:
+          - key: {{ $v.tenantAdmin.secretKey }}
+            path: {{ $v.tenantAdmin.secretKey }}
     {{- end }}
     {{- if $v.tls.enabled }}
     - name: tls

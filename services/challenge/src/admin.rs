@@ -257,8 +257,9 @@ impl pb::tenant_admin_service_server::TenantAdminService for TenantAdminApi {
             }
             n => n,
         } as usize;
-        // The token is the last id of the previous page: tenants are listed
-        // in id order, so one added meanwhile is seen or not, never twice.
+        // The token is the last id of the previous page: the backend lists
+        // in an order it keeps stable (by id; by token on ScyllaDB), so a
+        // tenant added meanwhile is seen or not, never twice.
         let after = if r.page_token.is_empty() {
             None
         } else {
