@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 pub use admin::TenantAdminApi;
 pub use challenges::ChallengeApi;
-pub use enrollment::EnrollmentApi;
+pub use enrollment::{enrollment_uri, EnrollmentApi};
 pub use hub::WatchHub;
 pub use limits::{guard_error, refusal};
 pub use sesame_grpc::{apikey, TenantAuth};
