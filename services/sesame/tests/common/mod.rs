@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod tansu;
+
 use std::time::Duration;
 
 use sesame::{Config, Sesame};

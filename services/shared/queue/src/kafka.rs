@@ -489,6 +489,16 @@ impl KafkaQueue {
             .create_with_context(ctx.clone())
             .map_err(backend)?;
         crate::metrics::broker_up(true);
+        // Zero from the start, so that rate() and the alerts see a series
+        // before the first error, not an absent one.
+        for topic in [
+            &config.push_topic,
+            &config.retry_topic,
+            &config.dead_letter_topic,
+            &config.events_topic,
+        ] {
+            crate::metrics::produce_errors_start(topic);
+        }
         if let Err(e) = ensure_topics(&config, ctx.clone()).await {
             tracing::warn!(error = %e, brokers = %config.brokers, "kafka topics not ready; will retry");
             health.set_down(true);

@@ -36,6 +36,11 @@ pub fn produce_error(topic: &str) {
     metrics::counter!(PRODUCE_ERRORS, "topic" => topic.to_owned()).increment(1);
 }
 
+/// Registers a topic's error counter at 0.
+pub fn produce_errors_start(topic: &str) {
+    metrics::counter!(PRODUCE_ERRORS, "topic" => topic.to_owned()).increment(0);
+}
+
 pub fn undecodable(stream: &'static str) {
     metrics::counter!(UNDECODABLE, "stream" => stream).increment(1);
 }
