@@ -891,7 +891,11 @@ async fn a_verdict_reached_on_one_replica_wakes_a_watch_on_another() {
         .await
         .expect("watch on A")
         .into_inner();
-    let pending = watch.message().await.expect("stream").expect("first state");
+    let pending = tokio::time::timeout(Duration::from_secs(30), watch.message())
+        .await
+        .expect("the current state within 30 s")
+        .expect("stream")
+        .expect("first state");
     assert_eq!(pending.status, types::ChallengeStatus::Pending as i32);
     // The push went A -> Kafka -> B's dispatcher -> B's simulator.
     let push = tokio::time::timeout(Duration::from_secs(30), inbox.message())

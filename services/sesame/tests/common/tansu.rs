@@ -73,33 +73,51 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Broker {
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu_bin())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn tansu");
-        let broker = Broker {
-            port,
-            proc: Some(Proc(child)),
-        };
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return broker;
+        // A port from `free_port` can be taken by another test's process
+        // before tansu binds it; tansu then exits, and the port still
+        // answers (that other process). So the broker counts as up only if
+        // it is still running a moment after its port answers.
+        for _ in 0..5 {
+            let port = free_port();
+            let url = format!("tcp://127.0.0.1:{port}");
+            let mut child = Command::new(tansu_bin())
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn tansu");
+            let mut answers = false;
+            for _ in 0..200 {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    answers = true;
+                    break;
+                }
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(25));
             }
-            std::thread::sleep(Duration::from_millis(25));
+            if answers {
+                std::thread::sleep(Duration::from_millis(300));
+                if matches!(child.try_wait(), Ok(None)) {
+                    return Broker {
+                        port,
+                        proc: Some(Proc(child)),
+                    };
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
         }
-        panic!("tansu did not listen on port {port}");
+        panic!("tansu did not start: five tries, each on a fresh port");
     }
 
     pub fn kill(&mut self) {
