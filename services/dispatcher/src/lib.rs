@@ -165,6 +165,7 @@ impl Dispatcher {
                 challenge_id = %delivery.job.challenge_id,
                 provider = me.provider.name()
             );
+            sesame_grpc::trace::link(&span, &delivery.job.trace_id, None);
             tokio::spawn(tracing::Instrument::instrument(
                 async move {
                     me.handle(delivery, &sending, stop).await;

@@ -53,6 +53,11 @@ pub struct Config {
     pub log_format: String,
     /// A tracing filter, e.g. `info` or `sesame=debug,info`.
     pub log_level: String,
+    /// Where spans are exported over OTLP/gRPC (an OpenTelemetry Collector,
+    /// Jaeger, Tempo), e.g. `http://otel-collector:4317`; empty: nowhere.
+    pub otlp_endpoint: String,
+    /// The `service.name` of exported spans.
+    pub otlp_service_name: String,
     pub max_devices_per_user: usize,
     /// Hours a challenge (and its verdict) is kept after it expires.
     pub challenge_retention_hours: u64,
@@ -297,6 +302,8 @@ impl Default for Config {
             admin_key_file: String::new(),
             log_format: "text".into(),
             log_level: "info".into(),
+            otlp_endpoint: String::new(),
+            otlp_service_name: "sesame".into(),
             max_devices_per_user: sesame_core::limits::MAX_DEVICES_PER_USER,
             challenge_retention_hours: 24,
             push_provider: "simulator".into(),
@@ -455,6 +462,19 @@ impl Config {
             self.queue
         );
         self.kafka.validate().map_err(|e| anyhow::anyhow!(e))?;
+        if !self.otlp_endpoint.is_empty() {
+            anyhow::ensure!(
+                (self.otlp_endpoint.starts_with("http://")
+                    || self.otlp_endpoint.starts_with("https://"))
+                    && self.otlp_endpoint.parse::<tonic::codegen::http::Uri>().is_ok(),
+                "otlp_endpoint = {:?}: an http:// or https:// URL of an OTLP/gRPC receiver, e.g. http://otel-collector:4317",
+                self.otlp_endpoint
+            );
+            anyhow::ensure!(
+                !self.otlp_service_name.trim().is_empty(),
+                "otlp_service_name: must not be empty when otlp_endpoint is set"
+            );
+        }
         if !self.simulator_url.is_empty() {
             anyhow::ensure!(
                 self.simulator_url.starts_with("http://")

@@ -396,7 +396,16 @@ async fn serve(
     }) else {
         return Ok(ExitCode::from(EXIT_CONFIG));
     };
-    let log_control = sesame::telemetry::init_tracing(&config.log_format, &config.log_level);
+    let (log_control, otlp) =
+        sesame::telemetry::init_tracing_with(&sesame::telemetry::TracingSettings {
+            format: config.log_format.clone(),
+            level: config.log_level.clone(),
+            otlp_endpoint: config.otlp_endpoint.clone(),
+            otlp_service_name: config.otlp_service_name.clone(),
+        })?;
+    if otlp.is_some() {
+        tracing::info!(endpoint = %config.otlp_endpoint, "spans exported over OTLP");
+    }
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
     let mut app = Sesame::open(config).await?;
     app.log_control = Some(log_control);
@@ -410,7 +419,11 @@ async fn serve(
             ),
         }
     }
-    app.serve(listener, shutdown_signal()).await?;
+    let served = app.serve(listener, shutdown_signal()).await;
+    if let Some(otlp) = otlp {
+        otlp.shutdown().await;
+    }
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -96,16 +96,105 @@ impl LogControl {
 /// to stderr, with a filter from `SESAME_LOG` or `level` that can be changed
 /// later through the returned [`LogControl`].
 pub fn init_tracing(format: &str, level: &str) -> LogControl {
-    let filter = EnvFilter::try_from_env("SESAME_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    let settings = TracingSettings {
+        format: format.into(),
+        level: level.into(),
+        ..TracingSettings::default()
+    };
+    // Without an OTLP endpoint only the exporter could fail, and there is none.
+    let (control, _) = init_tracing_with(&settings).unwrap_or_else(|e| {
+        eprintln!("sesame: logging: {e:#}");
+        let (_, handle) = reload::Layer::new(EnvFilter::new(level));
+        (LogControl::new(handle), None)
+    });
+    control
+}
+
+/// How a process logs and exports its spans.
+#[derive(Debug, Clone, Default)]
+pub struct TracingSettings {
+    /// `json` or `text`.
+    pub format: String,
+    /// The initial filter, e.g. `info` (`SESAME_LOG` overrides).
+    pub level: String,
+    /// OTLP/gRPC endpoint, e.g. `http://otel-collector:4317`; empty: no export.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    pub otlp_service_name: String,
+}
+
+/// Exports spans while alive; [`OtlpExport::shutdown`] sends what is left.
+pub struct OtlpExport {
+    provider: opentelemetry_sdk::trace::SdkTracerProvider,
+}
+
+impl OtlpExport {
+    /// Sends the finished spans now. Blocks: call it off the async threads.
+    pub fn flush(&self) {
+        if let Err(e) = self.provider.force_flush() {
+            tracing::debug!(error = %e, "OTLP flush failed");
+        }
+    }
+
+    /// Sends what is left and stops (at exit).
+    pub async fn shutdown(self) {
+        let provider = self.provider;
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    }
+}
+
+/// [`init_tracing`], and with `otlp_endpoint` set the spans (one per RPC,
+/// `rpc`, and per push, `push`, under the login's trace id) exported over
+/// OTLP/gRPC in batches. Must run inside the Tokio runtime (the exporter
+/// runs on it). The log filter decides which spans exist, so it applies to
+/// the export too.
+pub fn init_tracing_with(
+    settings: &TracingSettings,
+) -> anyhow::Result<(LogControl, Option<OtlpExport>)> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig;
+    let filter =
+        EnvFilter::try_from_env("SESAME_LOG").unwrap_or_else(|_| EnvFilter::new(&settings.level));
     let (filter, handle) = reload::Layer::new(filter);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let registry = tracing_subscriber::registry().with(filter);
-    if format == "json" {
-        registry.with(fmt.json()).init();
+    let (otel, export) = if settings.otlp_endpoint.is_empty() {
+        (None, None)
     } else {
-        registry.with(fmt).init();
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(settings.otlp_endpoint.clone())
+            .with_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .map_err(|e| anyhow::anyhow!("otlp_endpoint {}: {e}", settings.otlp_endpoint))?;
+        // The exporter's gRPC client needs the Tokio reactor: the batch
+        // processor runs as a task on the runtime, not on a thread of its own.
+        let batch = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+            exporter,
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .build();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_span_processor(batch)
+            .with_resource(
+                opentelemetry_sdk::Resource::builder()
+                    .with_service_name(settings.otlp_service_name.clone())
+                    .build(),
+            )
+            .build();
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("sesame"));
+        (Some(layer), Some(OtlpExport { provider }))
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let installed = if settings.format == "json" {
+        registry.with(fmt.json()).try_init()
+    } else {
+        registry.with(fmt).try_init()
+    };
+    if let Err(e) = installed {
+        // A second server in one process (tests): the first one's logger stays.
+        eprintln!("sesame: a logger is installed already, keeping it: {e}");
     }
-    LogControl::new(handle)
+    Ok((LogControl::new(handle), export))
 }
 
 /// What the admin endpoints read.

@@ -104,14 +104,18 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let (service, method) = labels(req.uri().path());
-        let trace_id = req
+        let (trace_id, parent) = match req
             .headers()
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
-            .and_then(crate::trace::from_traceparent)
-            .unwrap_or_else(crate::trace::new_trace_id);
+            .and_then(crate::trace::parse_traceparent)
+        {
+            Some((trace, parent)) => (trace, Some(parent)),
+            None => (crate::trace::new_trace_id(), None),
+        };
         let span =
             tracing::info_span!("rpc", %trace_id, rpc.service = %service, rpc.method = %method);
+        crate::trace::link(&span, &trace_id, parent.as_deref());
         let start = Instant::now();
         let fut = self.inner.call(req);
         let header = http::HeaderValue::from_str(&trace_id).ok();

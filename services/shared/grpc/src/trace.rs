@@ -14,6 +14,11 @@ pub const TRACE_ID_HEADER: &str = "x-sesame-trace-id";
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if valid.
 pub fn from_traceparent(value: &str) -> Option<String> {
+    parse_traceparent(value).map(|(trace, _)| trace)
+}
+
+/// The trace id and the caller's span id of a valid W3C `traceparent`.
+pub fn parse_traceparent(value: &str) -> Option<(String, String)> {
     let mut parts = value.trim().split('-');
     let (version, trace, span, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -27,8 +32,33 @@ pub fn from_traceparent(value: &str) -> Option<String> {
         && hex(trace, 32)
         && trace.bytes().any(|b| b != b'0')
         && hex(span, 16)
+        && span.bytes().any(|b| b != b'0')
         && hex(flags, 2);
-    valid.then(|| trace.to_owned())
+    valid.then(|| (trace.to_owned(), span.to_owned()))
+}
+
+/// Puts `span` into the trace `trace_id`, as a child of the caller's span
+/// `parent` when it is known, so that spans exported over OTLP carry the
+/// same trace id as the logs and the `x-sesame-trace-id` header. Without a
+/// known parent a random one stands in: OpenTelemetry takes a trace id only
+/// from a parent. Does nothing when no OpenTelemetry layer is installed.
+pub fn link(span: &tracing::Span, trace_id: &str, parent: Option<&str>) {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceState};
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let Ok(trace) = opentelemetry::trace::TraceId::from_hex(trace_id) else {
+        return;
+    };
+    let parent = parent
+        .and_then(|p| SpanId::from_hex(p).ok())
+        .unwrap_or_else(|| SpanId::from_bytes(sesame_core::ids::random_bytes::<8>()));
+    let remote = SpanContext::new(
+        trace,
+        parent,
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
 }
 
 /// A fresh random trace id (32 lower-case hex digits).
@@ -64,10 +94,15 @@ mod tests {
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
             "00-xyz-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
         ] {
             assert_eq!(from_traceparent(bad), None, "{bad}");
         }
         assert_eq!(new_trace_id().len(), 32);
+        assert_eq!(
+            parse_traceparent(&format!("00-{id}-00f067aa0ba902b7-01")),
+            Some((id.to_owned(), "00f067aa0ba902b7".to_owned()))
+        );
     }
 
     #[tokio::test]
