@@ -219,10 +219,14 @@ impl pb::tenant_admin_service_server::TenantAdminService for TenantAdminApi {
             return Err(ApiError::AlreadyExists(format!("tenant {id} already exists")).into());
         }
         let (api_key, record) = apikey::generate(&id, now);
-        self.storage
-            .put_api_key(&record)
-            .await
-            .map_err(ApiError::from)?;
+        if let Err(e) = self.storage.put_api_key(&record).await {
+            tracing::warn!(target: "sesame::audit", %caller, tenant = %id, error = %e, "tenant created without its first key");
+            return Err(ApiError::Unavailable(format!(
+                "tenant {id} was created but its first API key could not be stored ({e}); \
+                 give it one with CreateApiKey (`sesame apikey create {id}`)"
+            ))
+            .into());
+        }
         tracing::info!(target: "sesame::audit", %caller, tenant = %id, key_id = %record.key_id, "tenant created");
         Ok(Response::new(pb::CreateTenantResponse {
             tenant: Some(tenant_out(&tenant)),
