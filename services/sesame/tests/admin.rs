@@ -537,3 +537,31 @@ async fn the_cli_manages_tenants_against_a_running_server() {
     assert!(!ok);
     assert!(stderr.contains("not found"), "{stderr}");
 }
+
+#[tokio::test]
+async fn without_an_admin_key_the_admin_api_is_not_served() {
+    // Production settings: no dev tenant, no admin_key_file.
+    let h = Harness::start_configured(|c| c.dev_tenant = false).await;
+    tenant_call(&h, &h.key).await.unwrap();
+    assert!(!h.data_dir().join("admin.key").exists(), "no key generated");
+    let key = sesame_challenge::admin::generate_admin_key();
+    let r = TenantAdminServiceClient::new(h.channel.clone())
+        .list_tenants(sesame::cli::authed(&key, apb::ListTenantsRequest::default()).unwrap())
+        .await;
+    assert_eq!(status_of(r).code(), Code::Unimplemented);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn generated_key_files_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Harness::start().await;
+    tenant_call(&h, &h.key).await.unwrap();
+    for file in ["admin.key", "dev-tenant.key"] {
+        let mode = std::fs::metadata(h.data_dir().join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}: {mode:o}");
+    }
+}

@@ -296,6 +296,22 @@ mod tests {
         assert!(pk.verify(b"n", &sk.sign(b"m")).is_err());
     }
 
+    /// Small-order points (the identity, y = 1; and y = 0, of order 4) let
+    /// one signature verify for many messages: refused at enrollment.
+    #[test]
+    fn weak_ed25519_keys_are_refused() {
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        for weak in [identity, [0u8; 32]] {
+            assert_eq!(
+                PublicKey::parse(KeyAlgorithm::Ed25519, &weak).err(),
+                Some(CryptoError::BadPublicKey("weak Ed25519 key"))
+            );
+        }
+        let sk = SigningKey::generate(KeyAlgorithm::Ed25519);
+        assert!(PublicKey::parse(KeyAlgorithm::Ed25519, &sk.public_key_bytes()).is_ok());
+    }
+
     #[test]
     fn malformed_keys_and_signatures_are_refused() {
         assert!(PublicKey::parse(KeyAlgorithm::EcdsaP256Sha256, &[]).is_err());
