@@ -565,3 +565,29 @@ async fn generated_key_files_are_readable_by_their_owner_only() {
         assert_eq!(mode & 0o777, 0o600, "{file}: {mode:o}");
     }
 }
+
+/// What an attacker with a copy of the store learns: no API-key secret, no
+/// admin key, no enrollment token in clear (only their SHA-256).
+#[tokio::test]
+async fn secrets_never_reach_the_store_in_clear() {
+    let a = Admin::start().await;
+    let made = a.create("bank-s").await;
+    let enrollment = a.h.begin("someone").await.enrollment_token;
+    let store = std::fs::read(sesame_storage::EmbeddedStorage::path_in(a.h.data_dir())).unwrap();
+    assert!(store.len() > 4096, "the embedded store holds the data");
+    let secret_of = |key: &str| key.rsplit_once('_').unwrap().1.to_owned();
+    for (what, s) in [
+        ("the new tenant's key secret", secret_of(&made.api_key)),
+        ("the dev tenant's key secret", secret_of(&a.h.key)),
+        ("the admin key", a.key.clone()),
+        ("an enrollment token", enrollment.clone()),
+    ] {
+        assert!(
+            !store.windows(s.len()).any(|w| w == s.as_bytes()),
+            "{what} is in the store in clear"
+        );
+    }
+    // The check can fail: ids are stored as they are.
+    let id = key_id(&made.api_key);
+    assert!(store.windows(id.len()).any(|w| w == id.as_bytes()));
+}
