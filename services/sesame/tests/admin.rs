@@ -575,7 +575,12 @@ async fn secrets_never_reach_the_store_in_clear() {
     let enrollment = a.h.begin("someone").await.enrollment_token;
     let store = std::fs::read(sesame_storage::EmbeddedStorage::path_in(a.h.data_dir())).unwrap();
     assert!(store.len() > 4096, "the embedded store holds the data");
-    let secret_of = |key: &str| key.rsplit_once('_').unwrap().1.to_owned();
+    // `sk_<16 hex>_<secret>`; the secret is base64url and may hold '_' itself.
+    let secret_of = |key: &str| {
+        let secret = &key["sk_".len() + 16 + 1..];
+        assert!(secret.len() >= 40, "{key}");
+        secret.to_owned()
+    };
     for (what, s) in [
         ("the new tenant's key secret", secret_of(&made.api_key)),
         ("the dev tenant's key secret", secret_of(&a.h.key)),
