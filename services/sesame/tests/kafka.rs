@@ -662,6 +662,35 @@ async fn a_poison_message_goes_to_dead_letters_and_delivery_goes_on() {
         .expect("reason header");
     assert!(reason.starts_with("undecodable push job"), "{reason}");
     assert!(headers.iter().any(|h| h.key == "sesame-dead-source"));
+
+    // What a reader of the push topic sees besides the (opaque) payload: a
+    // device id as the key and the trace id, never a push token.
+    let reader: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cluster.brokers)
+        .set("group.id", "test-push-headers")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    reader.subscribe(&["sesame.push"]).expect("subscribe");
+    let mut traced = 0;
+    for _ in 0..5 {
+        let m = tokio::time::timeout(Duration::from_secs(30), reader.recv())
+            .await
+            .expect("a push message within 30 s")
+            .expect("push message");
+        let key = String::from_utf8_lossy(m.key().expect("key")).into_owned();
+        assert!(key.starts_with("dv_"), "the key is a device id: {key}");
+        for h in m.headers().iter().flat_map(|hs| hs.iter()) {
+            assert_eq!(h.key, "sesame-trace-id", "no other header");
+            let v = String::from_utf8_lossy(h.value.expect("value")).into_owned();
+            assert!(
+                v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{v}"
+            );
+            traced += 1;
+        }
+    }
+    assert_eq!(traced, 4, "the four real pushes carry their trace id");
     let admin = cluster.dispatchers.lock().expect("lock")[0].admin.clone();
     assert_eq!(
         metric(
