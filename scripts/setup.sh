@@ -8,8 +8,9 @@
 #   (tansu's TLS dependency, aws-lc-sys, may build with it), and
 #   `prometheus` for promtool and the live Prometheus test, and for the
 #   deploy tests `buildah` (builds and runs the container image without a
-#   Docker engine), `docker-compose` (validates deploy/compose.yaml) and
-#   `curl`;
+#   Docker engine), `docker-compose` (validates deploy/compose.yaml),
+#   `curl`, and `openssl` (its s_client offers old TLS versions in the
+#   test that the server refuses them);
 # - a Python virtual environment (outside the clone, in the CI cache) with
 #   pinned helm-python-sdk (Helm's Go SDK: renders and lints the chart) and
 #   kubernetes-validate (Kubernetes' JSON schemas);
@@ -28,7 +29,7 @@ rustup show active-toolchain >/dev/null
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 DEBIAN_PACKAGES=(make gcc g++ cmake pkgconf libssl-dev zlib1g-dev prometheus
-    buildah docker-compose curl python3-venv)
+    buildah docker-compose curl python3-venv openssl)
 missing=()
 for p in "${DEBIAN_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

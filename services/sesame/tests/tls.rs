@@ -454,3 +454,47 @@ async fn certificates_rotate_under_load_without_losing_a_call() {
         Err(_) => panic!("harness still shared"),
     }
 }
+
+/// TLS 1.0 and 1.1 are refused by the server (with an alert),
+/// while the same client command with TLS 1.2 or 1.3 gets through: the
+/// refusal is the server's, not the client's.
+#[tokio::test]
+async fn tls_before_1_2_is_refused() {
+    let pki = Pki::new();
+    let h = Harness::start_tls(|c| pki.configure(c), pki.client()).await;
+    let addr = h.url.trim_start_matches("https://").to_owned();
+    let s_client = |version: &'static str| {
+        let (addr, ca) = (addr.clone(), pki.server_ca_file.clone());
+        async move {
+            let out = tokio::process::Command::new("openssl")
+                .args(["s_client", "-connect", &addr, version, "-CAfile"])
+                .arg(&ca)
+                // Let the client offer old versions at all.
+                .args(["-cipher", "DEFAULT:@SECLEVEL=0", "-alpn", "h2"])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .expect("openssl (Debian's openssl package) runs");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (out.status.success(), text)
+        }
+    };
+    for ok in ["-tls1_2", "-tls1_3"] {
+        let (success, text) = s_client(ok).await;
+        assert!(
+            success && text.contains("Verify return code: 0"),
+            "{ok}: {text}"
+        );
+    }
+    for old in ["-tls1", "-tls1_1"] {
+        let (success, text) = s_client(old).await;
+        assert!(!success, "{old} was accepted: {text}");
+        // An alert read from the server (rustls answers handshake_failure):
+        // the client offered the old version and the server refused it.
+        assert!(text.contains("SSL alert number"), "{old}: {text}");
+    }
+}
