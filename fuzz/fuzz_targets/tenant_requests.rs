@@ -1,6 +1,7 @@
-//! Tenant-API request bodies as they come off the wire: decoded by prost,
-//! then turned into domain types and validated exactly as the handlers do
-//! before any storage work. Refused or accepted, never a panic.
+//! Request bodies as they come off the wire: decoded by prost, then turned
+//! into domain types and validated before any storage work (for
+//! CreateChallenge by the handler's own `create_args`). Refused or
+//! accepted, never a panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -11,15 +12,9 @@ use sesame_proto::tenant::v1 as pb;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(r) = pb::CreateChallengeRequest::decode(data) {
-        let _ = validate::user_id(&r.user_id);
-        if let Ok(ctx) = convert::context_in(r.context) {
-            if validate::context(&ctx).is_ok() {
-                let _ = payload::context_hash(&ctx);
-            }
-        }
-        if let Some(o) = r.options {
-            let _ = convert::number_match_in(o.number_match);
-            let _ = validate::idempotency_key(&o.idempotency_key);
+        // The handler's own checks, then what it computes from them.
+        if let Ok(args) = sesame_challenge::create_args(r) {
+            let _ = payload::context_hash(&args.context);
         }
     }
     if let Ok(r) = pb::BeginEnrollmentRequest::decode(data) {

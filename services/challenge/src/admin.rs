@@ -71,23 +71,7 @@ impl TenantAdminApi {
     /// Refuses any call without the admin key; returns who called, for the
     /// audit log.
     fn admin<T>(&self, request: &Request<T>) -> Result<String, ApiError> {
-        let header = request
-            .metadata()
-            .get("authorization")
-            .ok_or_else(|| {
-                ApiError::Unauthenticated(
-                    "missing credential: send the admin key as `authorization: Bearer <admin key>`"
-                        .into(),
-                )
-            })?
-            .to_str()
-            .map_err(|_| ApiError::Unauthenticated("authorization header is not ASCII".into()))?;
-        let key = header
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| {
-                ApiError::Unauthenticated("authorization must be `Bearer <admin key>`".into())
-            })?
-            .trim();
+        let key = sesame_grpc::auth::bearer(request.metadata(), "the admin key")?;
         if apikey::parse(key).is_some() {
             return Err(ApiError::Unauthenticated(
                 "this is a tenant API key; the admin API takes the deployment's admin key (adm_...)"

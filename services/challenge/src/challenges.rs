@@ -7,7 +7,9 @@ use std::time::Duration;
 use sesame_core::limits::{
     DEFAULT_CHALLENGE_TTL_SECS, MAX_CHALLENGE_TTL_SECS, MIN_CHALLENGE_TTL_SECS,
 };
-use sesame_core::model::{Challenge, ChallengeStatus, NumberMatchMode, Outcome, Resolution};
+use sesame_core::model::{
+    Challenge, ChallengeContext, ChallengeStatus, NumberMatchMode, Outcome, Resolution,
+};
 use sesame_core::time::now_ms;
 use sesame_core::{number_match, payload, validate, ChallengeId, TenantId};
 use sesame_grpc::{convert, ApiError};
@@ -117,6 +119,45 @@ impl ChallengeApi {
 /// admission must finish even if the caller goes away, or the user would be
 /// blocked until the challenge would have expired.
 #[derive(Clone)]
+/// What a `CreateChallengeRequest` asks for, checked and converted: every
+/// refusal of bad input, before any storage work (the fuzz target
+/// `tenant_requests` runs exactly this).
+pub struct CreateArgs {
+    pub user_id: String,
+    pub context: ChallengeContext,
+    pub ttl: u32,
+    pub mode: NumberMatchMode,
+    pub options: pb::ChallengeOptions,
+}
+
+pub fn create_args(req: pb::CreateChallengeRequest) -> Result<CreateArgs, ApiError> {
+    validate::user_id(&req.user_id)?;
+    let context = convert::context_in(req.context)?;
+    validate::context(&context)?;
+    let options = req.options.unwrap_or_default();
+    let ttl = match options.ttl_seconds {
+        0 => DEFAULT_CHALLENGE_TTL_SECS,
+        t if (MIN_CHALLENGE_TTL_SECS..=MAX_CHALLENGE_TTL_SECS).contains(&t) => t,
+        t => {
+            return Err(ApiError::invalid(
+                "options.ttl_seconds",
+                format!(
+                    "{t} is outside {MIN_CHALLENGE_TTL_SECS}..={MAX_CHALLENGE_TTL_SECS} (0 means the default, {DEFAULT_CHALLENGE_TTL_SECS})"
+                ),
+            ))
+        }
+    };
+    let mode = convert::number_match_in(options.number_match)?;
+    validate::idempotency_key(&options.idempotency_key)?;
+    Ok(CreateArgs {
+        user_id: req.user_id,
+        context,
+        ttl,
+        mode,
+        options,
+    })
+}
+
 struct Creator {
     storage: Arc<dyn Storage>,
     queue: Arc<dyn Queue>,
@@ -131,28 +172,17 @@ impl Creator {
         req: pb::CreateChallengeRequest,
         trace_id: String,
     ) -> Result<Challenge, ApiError> {
-        validate::user_id(&req.user_id)?;
-        let context = convert::context_in(req.context)?;
-        validate::context(&context)?;
-        let options = req.options.unwrap_or_default();
-        let ttl = match options.ttl_seconds {
-            0 => DEFAULT_CHALLENGE_TTL_SECS,
-            t if (MIN_CHALLENGE_TTL_SECS..=MAX_CHALLENGE_TTL_SECS).contains(&t) => t,
-            t => {
-                return Err(ApiError::invalid(
-                    "options.ttl_seconds",
-                    format!(
-                        "{t} is outside {MIN_CHALLENGE_TTL_SECS}..={MAX_CHALLENGE_TTL_SECS} (0 means the default, {DEFAULT_CHALLENGE_TTL_SECS})"
-                    ),
-                ))
-            }
-        };
-        let mode = convert::number_match_in(options.number_match)?;
-        validate::idempotency_key(&options.idempotency_key)?;
+        let CreateArgs {
+            user_id,
+            context,
+            ttl,
+            mode,
+            options,
+        } = create_args(req)?;
 
         let devices: Vec<_> = self
             .storage
-            .list_devices(&tenant, &req.user_id)
+            .list_devices(&tenant, &user_id)
             .await?
             .into_iter()
             .filter(|d| d.is_active())
@@ -160,7 +190,7 @@ impl Creator {
         if devices.is_empty() {
             return Err(ApiError::FailedPrecondition(format!(
                 "user {:?} has no active device: enroll one first (BeginEnrollment)",
-                req.user_id
+                user_id
             )));
         }
 
@@ -175,7 +205,7 @@ impl Creator {
         // limit is charged for it.
         if !options.idempotency_key.is_empty() {
             if let Some(c) = self
-                .pending_with_key(&tenant, &req.user_id, &options.idempotency_key, now)
+                .pending_with_key(&tenant, &user_id, &options.idempotency_key, now)
                 .await?
             {
                 return Ok(c);
@@ -206,7 +236,7 @@ impl Creator {
             .guard
             .admit(
                 &tenant,
-                &req.user_id,
+                &user_id,
                 &id,
                 expires_at,
                 now,
@@ -239,7 +269,7 @@ impl Creator {
         let challenge = Challenge {
             id,
             tenant_id: tenant.clone(),
-            user_id: req.user_id,
+            user_id,
             context_hash: payload::context_hash(&context),
             context,
             number_match: number_match::generate(mode),

@@ -20,7 +20,7 @@ mod shutdown;
 use std::sync::Arc;
 
 pub use admin::TenantAdminApi;
-pub use challenges::ChallengeApi;
+pub use challenges::{create_args, ChallengeApi, CreateArgs};
 pub use enrollment::{enrollment_uri, EnrollmentApi};
 pub use hub::WatchHub;
 pub use limits::{guard_error, refusal};

@@ -629,57 +629,54 @@ async fn real_main() -> anyhow::Result<ExitCode> {
             })
         }
         Command::Tenant { admin, command } => {
+            use sesame_proto::admin::v1::UpdateTenantRequest as Update;
             let mut a = admin_client(admin).await?;
-            let update = |tenant_id: String| sesame_proto::admin::v1::UpdateTenantRequest {
-                tenant_id,
-                ..Default::default()
-            };
-            match command {
+            let update = match command {
                 TenantCommand::Create {
                     tenant_id,
                     display_name,
                     client_identity,
                 } => {
                     a.create_tenant(&tenant_id, &display_name, &client_identity)
-                        .await?
+                        .await?;
+                    return Ok(ExitCode::SUCCESS);
                 }
-                TenantCommand::Get { tenant_id } => a.get_tenant(&tenant_id).await?,
-                TenantCommand::List => a.list_tenants().await?,
-                TenantCommand::Disable { tenant_id } => {
-                    a.update_tenant(sesame_proto::admin::v1::UpdateTenantRequest {
-                        disabled: Some(true),
-                        ..update(tenant_id)
-                    })
-                    .await?
+                TenantCommand::Get { tenant_id } => {
+                    a.get_tenant(&tenant_id).await?;
+                    return Ok(ExitCode::SUCCESS);
                 }
-                TenantCommand::Enable { tenant_id } => {
-                    a.update_tenant(sesame_proto::admin::v1::UpdateTenantRequest {
-                        disabled: Some(false),
-                        ..update(tenant_id)
-                    })
-                    .await?
+                TenantCommand::List => {
+                    a.list_tenants().await?;
+                    return Ok(ExitCode::SUCCESS);
                 }
+                TenantCommand::Disable { tenant_id } => Update {
+                    tenant_id,
+                    disabled: Some(true),
+                    ..Default::default()
+                },
+                TenantCommand::Enable { tenant_id } => Update {
+                    tenant_id,
+                    disabled: Some(false),
+                    ..Default::default()
+                },
                 TenantCommand::Bind {
                     tenant_id,
                     client_identity,
-                } => {
-                    a.update_tenant(sesame_proto::admin::v1::UpdateTenantRequest {
-                        client_identity: Some(client_identity),
-                        ..update(tenant_id)
-                    })
-                    .await?
-                }
+                } => Update {
+                    tenant_id,
+                    client_identity: Some(client_identity),
+                    ..Default::default()
+                },
                 TenantCommand::Rename {
                     tenant_id,
                     display_name,
-                } => {
-                    a.update_tenant(sesame_proto::admin::v1::UpdateTenantRequest {
-                        display_name: Some(display_name),
-                        ..update(tenant_id)
-                    })
-                    .await?
-                }
-            }
+                } => Update {
+                    tenant_id,
+                    display_name: Some(display_name),
+                    ..Default::default()
+                },
+            };
+            a.update_tenant(update).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Apikey { admin, command } => {

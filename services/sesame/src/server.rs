@@ -367,7 +367,8 @@ impl Sesame {
             max_devices_per_user: config.max_devices_per_user,
         };
 
-        let tenant_admin = match admin_key.filter(|_| roles.challenge) {
+        // `admin_key` is only ever read for the challenge role.
+        let tenant_admin = match admin_key {
             Some(hash) => {
                 health
                     .set_service_status(ADMIN_SERVICE, tonic_health::ServingStatus::Serving)
@@ -381,12 +382,11 @@ impl Sesame {
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
                 )
             }
-            None => {
-                if roles.challenge {
-                    tracing::info!("tenant administration API off: set admin_key_file to serve it");
-                }
+            None if roles.challenge => {
+                tracing::info!("tenant administration API off: set admin_key_file to serve it");
                 None
             }
+            None => None,
         };
         let (enrollment, challenges) = if roles.challenge {
             background.spawn(sesame_challenge::run_event_loop(

@@ -96,18 +96,7 @@ impl LogControl {
 /// to stderr, with a filter from `SESAME_LOG` or `level` that can be changed
 /// later through the returned [`LogControl`].
 pub fn init_tracing(format: &str, level: &str) -> LogControl {
-    let settings = TracingSettings {
-        format: format.into(),
-        level: level.into(),
-        ..TracingSettings::default()
-    };
-    // Without an OTLP endpoint only the exporter could fail, and there is none.
-    let (control, _) = init_tracing_with(&settings).unwrap_or_else(|e| {
-        eprintln!("sesame: logging: {e:#}");
-        let (_, handle) = reload::Layer::new(EnvFilter::new(level));
-        (LogControl::new(handle), None)
-    });
-    control
+    install(format, level, None)
 }
 
 /// How a process logs and exports its spans.
@@ -153,39 +142,52 @@ pub fn init_tracing_with(
 ) -> anyhow::Result<(LogControl, Option<OtlpExport>)> {
     use opentelemetry::trace::TracerProvider as _;
     use opentelemetry_otlp::WithExportConfig;
-    let filter =
-        EnvFilter::try_from_env("SESAME_LOG").unwrap_or_else(|_| EnvFilter::new(&settings.level));
-    let (filter, handle) = reload::Layer::new(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let (otel, export) = if settings.otlp_endpoint.is_empty() {
-        (None, None)
-    } else {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(settings.otlp_endpoint.clone())
-            .with_timeout(std::time::Duration::from_secs(5))
-            .build()
-            .map_err(|e| anyhow::anyhow!("otlp_endpoint {}: {e}", settings.otlp_endpoint))?;
-        // The exporter's gRPC client needs the Tokio reactor: the batch
-        // processor runs as a task on the runtime, not on a thread of its own.
-        let batch = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+    if settings.otlp_endpoint.is_empty() {
+        return Ok((install(&settings.format, &settings.level, None), None));
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(settings.otlp_endpoint.clone())
+        .with_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| anyhow::anyhow!("otlp_endpoint {}: {e}", settings.otlp_endpoint))?;
+    // The exporter's gRPC client needs the Tokio reactor: the batch
+    // processor runs as a task on the runtime, not on a thread of its own.
+    let batch =
+        opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
             exporter,
             opentelemetry_sdk::runtime::Tokio,
         )
         .build();
-        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-            .with_span_processor(batch)
-            .with_resource(
-                opentelemetry_sdk::Resource::builder()
-                    .with_service_name(settings.otlp_service_name.clone())
-                    .build(),
-            )
-            .build();
-        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("sesame"));
-        (Some(layer), Some(OtlpExport { provider }))
-    };
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_span_processor(batch)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(settings.otlp_service_name.clone())
+                .build(),
+        )
+        .build();
+    let control = install(
+        &settings.format,
+        &settings.level,
+        Some(provider.tracer("sesame")),
+    );
+    Ok((control, Some(OtlpExport { provider })))
+}
+
+/// The global subscriber: the reloadable filter, then OpenTelemetry (given
+/// a tracer), then the log lines.
+fn install(
+    format: &str,
+    level: &str,
+    tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+) -> LogControl {
+    let filter = EnvFilter::try_from_env("SESAME_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    let (filter, handle) = reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let otel = tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t));
     let registry = tracing_subscriber::registry().with(filter).with(otel);
-    let installed = if settings.format == "json" {
+    let installed = if format == "json" {
         registry.with(fmt.json()).try_init()
     } else {
         registry.with(fmt).try_init()
@@ -194,7 +196,7 @@ pub fn init_tracing_with(
         // A second server in one process (tests): the first one's logger stays.
         eprintln!("sesame: a logger is installed already, keeping it: {e}");
     }
-    Ok((LogControl::new(handle), export))
+    LogControl::new(handle)
 }
 
 /// What the admin endpoints read.

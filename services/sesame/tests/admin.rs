@@ -71,6 +71,32 @@ impl Admin {
             .keys
     }
 
+    async fn revoke(&self, tenant: &str, api_key: &str) -> Result<apb::ApiKey, tonic::Status> {
+        self.client()
+            .revoke_api_key(self.req(apb::RevokeApiKeyRequest {
+                tenant_id: tenant.into(),
+                key_id: key_id(api_key),
+            }))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn rotate(
+        &self,
+        tenant: &str,
+        api_key: &str,
+        grace_seconds: Option<u32>,
+    ) -> Result<apb::RotateApiKeyResponse, tonic::Status> {
+        self.client()
+            .rotate_api_key(self.req(apb::RotateApiKeyRequest {
+                tenant_id: tenant.into(),
+                key_id: key_id(api_key),
+                grace_seconds,
+            }))
+            .await
+            .map(|r| r.into_inner())
+    }
+
     async fn update(&self, r: apb::UpdateTenantRequest) -> Result<apb::Tenant, tonic::Status> {
         self.client()
             .update_tenant(self.req(r))
@@ -174,16 +200,7 @@ async fn rotation_keeps_both_keys_for_the_grace_period_then_only_the_new_one() {
     let a = Admin::start().await;
     let made = a.create("bank-r").await;
     let old = made.api_key;
-    let r = a
-        .client()
-        .rotate_api_key(a.req(apb::RotateApiKeyRequest {
-            tenant_id: "bank-r".into(),
-            key_id: key_id(&old),
-            grace_seconds: None,
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = a.rotate("bank-r", &old, None).await.unwrap();
     let new = r.api_key;
     let old_rec = r.old_key.unwrap();
     assert_eq!(state(&old_rec), apb::ApiKeyState::Expiring);
@@ -193,16 +210,7 @@ async fn rotation_keeps_both_keys_for_the_grace_period_then_only_the_new_one() {
     assert_eq!(tenant_call(&a.h, &new).await, Ok(()));
 
     // Ending the grace now: the old key stops at once, the new one goes on.
-    let r = a
-        .client()
-        .rotate_api_key(a.req(apb::RotateApiKeyRequest {
-            tenant_id: "bank-r".into(),
-            key_id: key_id(&old),
-            grace_seconds: Some(0),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = a.rotate("bank-r", &old, Some(0)).await.unwrap();
     let newest = r.api_key;
     assert_eq!(
         tenant_call(&a.h, &old).await,
@@ -221,14 +229,7 @@ async fn rotation_keeps_both_keys_for_the_grace_period_then_only_the_new_one() {
     assert_eq!(state_of(&new), apb::ApiKeyState::Active);
     assert_eq!(state_of(&newest), apb::ApiKeyState::Active);
     // An expired key cannot be rotated again.
-    let r = a
-        .client()
-        .rotate_api_key(a.req(apb::RotateApiKeyRequest {
-            tenant_id: "bank-r".into(),
-            key_id: key_id(&old),
-            grace_seconds: Some(60),
-        }))
-        .await;
+    let r = a.rotate("bank-r", &old, Some(60)).await;
     assert_eq!(status_of(r).code(), Code::FailedPrecondition);
 }
 
@@ -250,28 +251,12 @@ async fn revoking_a_key_and_disabling_a_tenant_take_effect_at_once() {
     assert_eq!(tenant_call(&a.h, &first).await, Ok(()));
     assert_eq!(tenant_call(&a.h, &second).await, Ok(()));
 
-    let revoked = a
-        .client()
-        .revoke_api_key(a.req(apb::RevokeApiKeyRequest {
-            tenant_id: "bank-x".into(),
-            key_id: key_id(&first),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let revoked = a.revoke("bank-x", &first).await.unwrap();
     assert_eq!(state(&revoked), apb::ApiKeyState::Revoked);
     assert_eq!(tenant_call(&a.h, &first).await, Err(Code::Unauthenticated));
     assert_eq!(tenant_call(&a.h, &second).await, Ok(()));
     // Idempotent.
-    let again = a
-        .client()
-        .revoke_api_key(a.req(apb::RevokeApiKeyRequest {
-            tenant_id: "bank-x".into(),
-            key_id: key_id(&first),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let again = a.revoke("bank-x", &first).await.unwrap();
     assert_eq!(state(&again), apb::ApiKeyState::Revoked);
 
     let off = a

@@ -18,18 +18,13 @@ use crate::server::ADMIN_KEY_FILE;
 /// The admin key: `--admin-key` / `SESAME_ADMIN_KEY`, else the one
 /// `sesame serve` generated in `<data_dir>/admin.key`.
 pub fn resolve_admin_key(explicit: Option<&str>, data_dir: &Path) -> anyhow::Result<String> {
-    if let Some(k) = explicit.filter(|k| !k.is_empty()) {
-        return Ok(k.trim().to_owned());
-    }
-    let path = data_dir.join(ADMIN_KEY_FILE);
-    let key = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "no admin key given and {} cannot be read; pass --admin-key (or SESAME_ADMIN_KEY) \
-             or run this where `sesame serve` keeps its data",
-            path.display()
-        )
-    })?;
-    Ok(key.trim().to_owned())
+    super::resolve_key(
+        explicit,
+        data_dir,
+        ADMIN_KEY_FILE,
+        "admin key",
+        "--admin-key (or SESAME_ADMIN_KEY)",
+    )
 }
 
 pub struct Admin {

@@ -17,13 +17,25 @@ use crate::server::DEV_KEY_FILE;
 /// The tenant API key: `--api-key` / `SESAME_API_KEY`, else the development
 /// tenant's key that `sesame serve` wrote to `<data_dir>/dev-tenant.key`.
 pub fn resolve_api_key(explicit: Option<&str>, data_dir: &Path) -> anyhow::Result<String> {
+    resolve_key(explicit, data_dir, DEV_KEY_FILE, "API key", "--api-key")
+}
+
+/// A key given on the command line (or its variable), else the one
+/// `sesame serve` wrote to `<data_dir>/<file>`.
+pub fn resolve_key(
+    explicit: Option<&str>,
+    data_dir: &Path,
+    file: &str,
+    what: &str,
+    flag: &str,
+) -> anyhow::Result<String> {
     if let Some(k) = explicit.filter(|k| !k.is_empty()) {
         return Ok(k.trim().to_owned());
     }
-    let path = data_dir.join(DEV_KEY_FILE);
+    let path = data_dir.join(file);
     let key = std::fs::read_to_string(&path).with_context(|| {
         format!(
-            "no API key given and {} cannot be read; pass --api-key or run this in the directory where `sesame serve` runs",
+            "no {what} given and {} cannot be read; pass {flag} or run this in the directory where `sesame serve` runs",
             path.display()
         )
     })?;

@@ -85,19 +85,7 @@ impl TenantAuth {
     }
 
     async fn key(&self, md: &MetadataMap) -> Result<(TenantId, Arc<str>), ApiError> {
-        let header = md
-            .get("authorization")
-            .ok_or_else(|| {
-                ApiError::Unauthenticated(
-                    "missing credential: send the tenant API key as `authorization: Bearer <key>`"
-                        .into(),
-                )
-            })?
-            .to_str()
-            .map_err(|_| ApiError::Unauthenticated("authorization header is not ASCII".into()))?;
-        let key = header.strip_prefix("Bearer ").ok_or_else(|| {
-            ApiError::Unauthenticated("authorization must be `Bearer <key>`".into())
-        })?;
+        let key = bearer(md, "the tenant API key")?;
         let bad = || ApiError::Unauthenticated("invalid API key".into());
         // Only a holder of the secret learns the key's state.
         let expired = || {
@@ -105,7 +93,7 @@ impl TenantAuth {
                 "API key has expired (rotated out): use the tenant's new key".into(),
             )
         };
-        let (key_id, presented) = apikey::parse(key.trim()).ok_or_else(bad)?;
+        let (key_id, presented) = apikey::parse(key).ok_or_else(bad)?;
 
         let now = now_ms();
         if let Some(k) = self.cache.get(key_id) {
@@ -154,4 +142,22 @@ impl TenantAuth {
         );
         Ok((record.tenant_id, identity))
     }
+}
+
+/// The credential of `authorization: Bearer <credential>`, trimmed; `what`
+/// names it in the refusals (`the tenant API key`, `the admin key`).
+pub fn bearer<'a>(md: &'a MetadataMap, what: &str) -> Result<&'a str, ApiError> {
+    let header = md
+        .get("authorization")
+        .ok_or_else(|| {
+            ApiError::Unauthenticated(format!(
+                "missing credential: send {what} as `authorization: Bearer <key>`"
+            ))
+        })?
+        .to_str()
+        .map_err(|_| ApiError::Unauthenticated("authorization header is not ASCII".into()))?;
+    let key = header
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| ApiError::Unauthenticated("authorization must be `Bearer <key>`".into()))?;
+    Ok(key.trim())
 }

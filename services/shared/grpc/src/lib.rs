@@ -6,7 +6,7 @@
 
 pub mod admission;
 pub mod apikey;
-mod auth;
+pub mod auth;
 pub mod convert;
 mod error;
 pub mod metrics;

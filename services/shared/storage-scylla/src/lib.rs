@@ -85,6 +85,17 @@ fn opt_big(v: Option<i64>) -> Value {
     v.map(CqlValue::BigInt)
 }
 
+/// A tenant's columns, in the order `put_tenant` and `create_tenant` bind them.
+fn tenant_values(t: &Tenant) -> Vec<Value> {
+    vec![
+        text(t.id.as_str()),
+        text(&t.display_name),
+        boolean(t.disabled),
+        big(t.created_at),
+        text(&t.client_identity),
+    ]
+}
+
 /// A prepared statement and where its timeout is bound.
 struct Stmt {
     prepared: PreparedStatement,
@@ -820,19 +831,9 @@ impl Storage for ScyllaStorage {
     }
 
     async fn put_tenant(&self, t: &Tenant) -> Result<()> {
-        self.execute(
-            &self.st.put_tenant,
-            vec![
-                text(t.id.as_str()),
-                text(&t.display_name),
-                boolean(t.disabled),
-                big(t.created_at),
-                text(&t.client_identity),
-            ],
-            "store a tenant",
-        )
-        .await
-        .map(|_| ())
+        self.execute(&self.st.put_tenant, tenant_values(t), "store a tenant")
+            .await
+            .map(|_| ())
     }
 
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
@@ -848,17 +849,7 @@ impl Storage for ScyllaStorage {
 
     async fn create_tenant(&self, t: &Tenant) -> Result<bool> {
         let answer = self
-            .lwt(
-                &self.st.create_tenant,
-                vec![
-                    text(t.id.as_str()),
-                    text(&t.display_name),
-                    boolean(t.disabled),
-                    big(t.created_at),
-                    text(&t.client_identity),
-                ],
-                "create a tenant",
-            )
+            .lwt(&self.st.create_tenant, tenant_values(t), "create a tenant")
             .await?;
         match answer {
             Lwt::Applied => Ok(true),
