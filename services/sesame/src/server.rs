@@ -625,8 +625,14 @@ impl Sesame {
                 tracing::warn!("dispatcher did not drain within the grace period");
             }
         }
-        queue.flush().await;
+        // The event loop holds the events consumer: stop it first, so that
+        // the flush below waits for that consumer's close too.
         background.abort_all();
+        let _ = tokio::time::timeout(grace, async {
+            while background.join_next().await.is_some() {}
+        })
+        .await;
+        queue.flush().await;
         if let Some(r) = reloader {
             r.abort();
         }

@@ -941,3 +941,39 @@ async fn a_verdict_reached_on_one_replica_wakes_a_watch_on_another() {
         .expect("verdict");
     assert_eq!(verdict.status, types::ChallengeStatus::Approved as i32);
 }
+
+/// Dropping a group consumer runs librdkafka's consumer close, which
+/// rust-rdkafka polls to the end without a time limit; a server whose broker
+/// died must still stop, in bounded time (grace periods, the producers'
+/// flush and the consumers' close wait), instead of blocking a runtime
+/// thread on it. Measured: about 7 s here, 0.2 s with the broker alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_server_whose_broker_died_still_shuts_down() {
+    let mut broker = Broker::start();
+    let kafka = broker.uri();
+    let h = common::Harness::start_configured(move |c| {
+        c.queue = kafka;
+        c.kafka.replication_factor = 1;
+        c.kafka.push_partitions = 2;
+        c.kafka.events_partitions = 1;
+        c.shutdown_grace_seconds = 2;
+    })
+    .await;
+    let phone = h.enroll("dead-broker").await;
+    let mut inbox = phone.push_inbox().await.unwrap();
+    let c = h.create("dead-broker", common::ENTER, 0).await;
+    common::next_push(&phone, &mut inbox).await;
+    let d = common::details(&phone, &c.challenge_id).await;
+    phone
+        .respond(&d, &common::approve(&c.number_match_code))
+        .await
+        .unwrap();
+    broker.kill();
+    let started = Instant::now();
+    let stopped = tokio::time::timeout(Duration::from_secs(30), h.shutdown()).await;
+    assert!(
+        stopped.is_ok(),
+        "shutdown still waiting after 30 s with the broker gone"
+    );
+    println!("stopped in {:?} with the broker gone", started.elapsed());
+}

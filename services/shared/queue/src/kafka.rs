@@ -456,6 +456,98 @@ pub struct KafkaQueue {
     health: Arc<BrokerHealth>,
     closed: watch::Sender<bool>,
     probe: tokio::task::JoinHandle<()>,
+    closing: Arc<Closes>,
+}
+
+/// How long [`Queue::flush`] waits for consumers still closing: their last
+/// offset commit and group leave, when a broker answers.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Consumers whose close is running on a thread of its own.
+#[derive(Default)]
+struct Closes {
+    running: AtomicU64,
+    done: Notify,
+}
+
+impl Closes {
+    /// Until every close has finished, or `limit` has passed.
+    async fn wait(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let done = self.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.running.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                return false;
+            }
+        }
+    }
+}
+
+/// A consumer that closes off the async runtime. Dropping a group consumer
+/// runs librdkafka's consumer close, which leaves the group and commits the
+/// stored offsets, and rust-rdkafka's drop polls until that is done with no
+/// time limit (fede1024/rust-rdkafka#509): with no broker answering, a
+/// Tokio worker would be stuck there, and with it everything scheduled on
+/// that worker, the server's shutdown included. Here the drop hands the
+/// consumer to a short-lived thread; [`Queue::flush`] waits for it a bounded
+/// time.
+struct OwnedConsumer {
+    inner: Option<StreamConsumer<Context>>,
+    closes: Arc<Closes>,
+}
+
+impl OwnedConsumer {
+    fn new(inner: StreamConsumer<Context>, closes: Arc<Closes>) -> Arc<OwnedConsumer> {
+        Arc::new(OwnedConsumer {
+            inner: Some(inner),
+            closes,
+        })
+    }
+}
+
+impl std::ops::Deref for OwnedConsumer {
+    type Target = StreamConsumer<Context>;
+
+    fn deref(&self) -> &StreamConsumer<Context> {
+        // Only `drop` takes it.
+        self.inner.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for OwnedConsumer {
+    fn drop(&mut self) {
+        let Some(consumer) = self.inner.take() else {
+            return;
+        };
+        /// Counts the close as finished however the thread ends.
+        struct Finished(Arc<Closes>);
+        impl Drop for Finished {
+            fn drop(&mut self) {
+                self.0.running.fetch_sub(1, Ordering::AcqRel);
+                self.0.done.notify_waiters();
+            }
+        }
+        self.closes.running.fetch_add(1, Ordering::AcqRel);
+        let finished = Finished(self.closes.clone());
+        let spawned = std::thread::Builder::new()
+            .name("kafka-close".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                drop(consumer);
+                tracing::debug!(elapsed = ?started.elapsed(), "kafka consumer closed");
+                drop(finished);
+            });
+        if let Err(e) = spawned {
+            // No thread to be had: the closure (consumer and count with
+            // it) was dropped right here, on this thread.
+            tracing::warn!(error = %e, "kafka consumer closed on the calling thread");
+        }
+    }
 }
 
 impl Drop for KafkaQueue {
@@ -517,6 +609,7 @@ impl KafkaQueue {
             health,
             closed,
             probe,
+            closing: Arc::default(),
         })
     }
 
@@ -836,7 +929,7 @@ impl Queue for KafkaQueue {
             .subscribe(&[&self.config.push_topic, &self.config.retry_topic])
             .map_err(backend)?;
         Ok(Box::new(KafkaConsumer {
-            consumer: Arc::new(consumer),
+            consumer: OwnedConsumer::new(consumer, self.closing.clone()),
             offsets,
             closed: self.closed.subscribe(),
             dead_letters: self.aux_producer.clone(),
@@ -863,7 +956,7 @@ impl Queue for KafkaQueue {
         )
         .set("auto.offset.reset", "earliest");
         let consumer: StreamConsumer<Context> = c.create_with_context(ctx).map_err(backend)?;
-        let consumer = Arc::new(consumer);
+        let consumer = OwnedConsumer::new(consumer, self.closing.clone());
         let topic = self.config.events_topic.clone();
         let partitions = self.config.events_partitions;
         // "From now on": start at each partition's current end, read now,
@@ -919,11 +1012,18 @@ impl Queue for KafkaQueue {
             let _ = b.flush(Duration::from_secs(1));
         })
         .await;
+        // And dropped consumers their final commit.
+        if !self.closing.wait(CLOSE_WAIT).await {
+            tracing::warn!(
+                "kafka consumers still closing after {CLOSE_WAIT:?} (no broker answers?); \
+                 their last offsets may be delivered again"
+            );
+        }
     }
 }
 
 struct KafkaConsumer {
-    consumer: Arc<StreamConsumer<Context>>,
+    consumer: Arc<OwnedConsumer>,
     offsets: Arc<Mutex<Offsets>>,
     closed: watch::Receiver<bool>,
     dead_letters: FutureProducer<Context>,
@@ -931,7 +1031,7 @@ struct KafkaConsumer {
 }
 
 struct KafkaAcker {
-    consumer: Arc<StreamConsumer<Context>>,
+    consumer: Arc<OwnedConsumer>,
     offsets: Arc<Mutex<Offsets>>,
     topic: String,
     partition: i32,
@@ -1063,7 +1163,7 @@ impl KafkaConsumer {
 }
 
 struct KafkaSubscriber {
-    consumer: Arc<StreamConsumer<Context>>,
+    consumer: Arc<OwnedConsumer>,
     closed: watch::Receiver<bool>,
     last_lagged: Option<std::time::Instant>,
 }
