@@ -2,6 +2,7 @@
 //! machine, the canonical signing payloads of the protocol, device-key
 //! verification and number matching. Every role and backend builds on it.
 
+pub mod audit;
 pub mod canonical;
 pub mod crypto;
 pub mod ids;

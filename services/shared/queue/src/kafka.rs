@@ -39,6 +39,7 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
+use sesame_core::audit::AuditRecord;
 use tokio::sync::{watch, Notify};
 
 use crate::{
@@ -65,6 +66,8 @@ pub struct KafkaConfig {
     pub retry_topic: String,
     pub dead_letter_topic: String,
     pub events_topic: String,
+    /// A copy of every audit record, keyed by chain, for a SIEM to read.
+    pub audit_topic: String,
     /// Partitions of the push and retry topics when they are created: the
     /// most dispatchers that can share the work.
     pub push_partitions: i32,
@@ -107,6 +110,7 @@ impl Default for KafkaConfig {
             retry_topic: "sesame.push.retry".into(),
             dead_letter_topic: "sesame.push.dead".into(),
             events_topic: "sesame.events".into(),
+            audit_topic: "sesame.audit".into(),
             push_partitions: 12,
             events_partitions: 6,
             replication_factor: 3,
@@ -168,6 +172,7 @@ impl KafkaConfig {
             ("retry_topic", &self.retry_topic),
             ("dead_letter_topic", &self.dead_letter_topic),
             ("events_topic", &self.events_topic),
+            ("audit_topic", &self.audit_topic),
         ];
         for (key, t) in topics {
             let valid = !t.is_empty()
@@ -588,6 +593,7 @@ impl KafkaQueue {
             &config.retry_topic,
             &config.dead_letter_topic,
             &config.events_topic,
+            &config.audit_topic,
         ] {
             crate::metrics::produce_errors_start(topic);
         }
@@ -710,7 +716,7 @@ fn trace_headers(trace_id: &str) -> OwnedHeaders {
     }
 }
 
-/// Creates the four topics when missing (an existing topic is left as it is).
+/// Creates the five topics when missing (an existing topic is left as it is).
 async fn ensure_topics(config: &KafkaConfig, ctx: Context) -> Result<(), QueueError> {
     let admin: AdminClient<Context> = config
         .client_config("sesame-admin")
@@ -722,6 +728,7 @@ async fn ensure_topics(config: &KafkaConfig, ctx: Context) -> Result<(), QueueEr
         (&config.retry_topic, config.push_partitions),
         (&config.dead_letter_topic, config.events_partitions),
         (&config.events_topic, config.events_partitions),
+        (&config.audit_topic, config.events_partitions),
     ]
     .into_iter()
     .map(|(name, partitions)| {
@@ -885,6 +892,16 @@ impl Queue for KafkaQueue {
         let topic = &self.config.events_topic;
         let _delivery = self.send_aux(topic, &key, &payload, OwnedHeaders::new())?;
         Ok(())
+    }
+
+    async fn publish_audit(&self, records: &[AuditRecord]) -> Result<(), QueueError> {
+        let topic = &self.config.audit_topic;
+        let mut sent = Vec::with_capacity(records.len());
+        for r in records {
+            let payload = serde_json::to_vec(r).map_err(|e| QueueError::Backend(e.to_string()))?;
+            sent.push(self.send_aux(topic, &r.chain, &payload, OwnedHeaders::new())?);
+        }
+        self.acknowledged(topic, sent).await
     }
 
     async fn health_check(&self) -> Result<(), QueueError> {

@@ -213,6 +213,16 @@ pub trait Queue: Send + Sync + 'static {
     /// Publishes an event to every subscriber; never blocks.
     fn publish_event(&self, event: Event) -> Result<(), QueueError>;
 
+    /// Copies stored audit records to where a SIEM reads them (Kafka: the
+    /// audit topic, keyed by chain), returning once they are acknowledged.
+    /// The in-process queue has no such reader: nothing to do.
+    async fn publish_audit(
+        &self,
+        _records: &[sesame_core::audit::AuditRecord],
+    ) -> Result<(), QueueError> {
+        Ok(())
+    }
+
     /// Whether the backend answers (for `/ready`).
     async fn health_check(&self) -> Result<(), QueueError> {
         Ok(())

@@ -38,13 +38,14 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row};
+use sesame_core::audit::{AuditRecord, ChainHead};
 use sesame_core::model::{UsageReport, UserGuardState};
 use sesame_core::time::{now_ms, UnixMillis};
 use sesame_core::{
     ApiKeyRecord, Challenge, ChallengeId, Device, DeviceId, EnrollmentTicket, Resolution, Tenant,
     TenantId,
 };
-use sesame_storage::{Created, Result, Storage, StorageError};
+use sesame_storage::{AuditCursor, AuditQuery, Created, Result, Storage, StorageError};
 
 pub use config::{ConfigError, FlavorSetting, ScyllaConfig, ScyllaSection, TlsSection};
 pub use cql::Flavor;
@@ -57,6 +58,22 @@ const USAGE_TTL_SECS: i32 = 2 * 24 * 3600;
 /// Extra time the driver waits beyond the server-side timeout, so the
 /// server's own timeout answer arrives instead of a client-side one.
 const CLIENT_SLACK: Duration = Duration::from_millis(50);
+/// Positions of one audit chain per partition of `audit_records`.
+const AUDIT_BLOCK: i64 = 65_536;
+const DAY_MS: i64 = 86_400_000;
+
+/// A chain position as CQL's signed bigint.
+fn seq_value(seq: u64) -> Result<i64> {
+    i64::try_from(seq).map_err(|_| StorageError::Backend(format!("audit position {seq} out of range")))
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(table: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StorageError::Corrupt {
+        table: table.to_owned(),
+        message: e.to_string(),
+    })
+}
+
 /// Rounds of a compare-and-set loop (enrollment slots) before giving up.
 const CAS_ROUNDS: usize = 8;
 
@@ -127,6 +144,19 @@ struct Statements {
     index_api_key: Stmt,
     get_api_key: Stmt,
     list_api_key_ids: Stmt,
+    put_audit_record: Stmt,
+    put_audit_head: Stmt,
+    put_audit_by_time: Stmt,
+    put_audit_day: Stmt,
+    put_audit_by_user: Stmt,
+    put_audit_by_challenge: Stmt,
+    list_audit_heads_first: Stmt,
+    list_audit_heads_after: Stmt,
+    read_audit_block: Stmt,
+    audit_days: Stmt,
+    audit_by_time: Stmt,
+    audit_by_user: Stmt,
+    audit_by_challenge: Stmt,
     put_enrollment: Stmt,
     get_enrollment: Stmt,
     get_enrollment_serial: Stmt,
@@ -426,6 +456,20 @@ impl ScyllaStorage {
         Ok((prepared, values))
     }
 
+    /// Independent writes, at most 32 in flight at once.
+    async fn execute_all(&self, writes: Vec<(&Stmt, Vec<Value>)>, what: &str) -> Result<()> {
+        let mut writes = writes.into_iter().peekable();
+        while writes.peek().is_some() {
+            let wave: Vec<_> = writes
+                .by_ref()
+                .take(32)
+                .map(|(s, v)| self.execute(s, v, what))
+                .collect();
+            futures::future::try_join_all(wave).await?;
+        }
+        Ok(())
+    }
+
     async fn execute(&self, s: &Stmt, values: Vec<Value>, what: &str) -> Result<QueryResult> {
         let (p, v) = self.bind(s, values, what)?;
         self.session
@@ -688,6 +732,71 @@ async fn prepare_all(
         .await?,
         get_api_key: prep(
             "SELECT key_id, tenant_id, secret_sha256, created_at, revoked, expires_at FROM {ks}.api_keys WHERE key_id = ? [USING TIMEOUT]",
+            Read,
+        )
+        .await?,
+        put_audit_record: prep(
+            "INSERT INTO {ks}.audit_records (chain, block, seq, record) VALUES (?, ?, ?, ?) [USING TIMEOUT]",
+            Write,
+        )
+        .await?,
+        put_audit_head: prep(
+            "INSERT INTO {ks}.audit_heads (chain, head) VALUES (?, ?) [USING TIMEOUT]",
+            Write,
+        )
+        .await?,
+        put_audit_by_time: prep(
+            "INSERT INTO {ks}.audit_by_time (tenant_id, day, at, chain, seq, record) VALUES (?, ?, ?, ?, ?, ?) [USING TIMEOUT]",
+            Write,
+        )
+        .await?,
+        put_audit_day: prep(
+            "INSERT INTO {ks}.audit_days (tenant_id, day) VALUES (?, ?) [USING TIMEOUT]",
+            Write,
+        )
+        .await?,
+        put_audit_by_user: prep(
+            "INSERT INTO {ks}.audit_by_user (tenant_id, user_id, at, chain, seq, record) VALUES (?, ?, ?, ?, ?, ?) [USING TIMEOUT]",
+            Write,
+        )
+        .await?,
+        put_audit_by_challenge: prep(
+            "INSERT INTO {ks}.audit_by_challenge (tenant_id, challenge_id, at, chain, seq, record) VALUES (?, ?, ?, ?, ?, ?) [USING TIMEOUT]",
+            Write,
+        )
+        .await?,
+        list_audit_heads_first: prep(
+            "SELECT chain, head FROM {ks}.audit_heads LIMIT ? [USING TIMEOUT]",
+            Read,
+        )
+        .await?,
+        list_audit_heads_after: prep(
+            "SELECT chain, head FROM {ks}.audit_heads WHERE token(chain) > token(?) LIMIT ? [USING TIMEOUT]",
+            Read,
+        )
+        .await?,
+        read_audit_block: prep(
+            "SELECT record FROM {ks}.audit_records WHERE chain = ? AND block = ? AND seq >= ? LIMIT ? [USING TIMEOUT]",
+            Read,
+        )
+        .await?,
+        audit_days: prep(
+            "SELECT day FROM {ks}.audit_days WHERE tenant_id = ? AND day >= ? AND day <= ? [USING TIMEOUT]",
+            Read,
+        )
+        .await?,
+        audit_by_time: prep(
+            "SELECT record FROM {ks}.audit_by_time WHERE tenant_id = ? AND day = ? AND (at, chain, seq) > (?, ?, ?) LIMIT ? [USING TIMEOUT]",
+            Read,
+        )
+        .await?,
+        audit_by_user: prep(
+            "SELECT record FROM {ks}.audit_by_user WHERE tenant_id = ? AND user_id = ? AND (at, chain, seq) > (?, ?, ?) LIMIT ? [USING TIMEOUT]",
+            Read,
+        )
+        .await?,
+        audit_by_challenge: prep(
+            "SELECT record FROM {ks}.audit_by_challenge WHERE tenant_id = ? AND challenge_id = ? AND (at, chain, seq) > (?, ?, ?) LIMIT ? [USING TIMEOUT]",
             Read,
         )
         .await?,
@@ -1504,6 +1613,196 @@ impl Storage for ScyllaStorage {
                 },
             )
             .collect())
+    }
+
+    async fn append_audit(&self, records: &[AuditRecord], heads: &[ChainHead]) -> Result<()> {
+        let mut writes: Vec<(&Stmt, Vec<Value>)> = Vec::with_capacity(records.len() * 4);
+        let mut days = std::collections::BTreeSet::new();
+        for r in records {
+            let json = serde_json::to_vec(r).map_err(backend)?;
+            let e = &r.entry;
+            let (seq, at) = (seq_value(r.seq)?, e.at);
+            let day = at.div_euclid(DAY_MS);
+            writes.push((
+                &self.st.put_audit_record,
+                vec![text(&r.chain), big(seq / AUDIT_BLOCK), big(seq), blob(json.clone())],
+            ));
+            let position = |first: Value, second: Value| {
+                vec![first, second, big(at), text(&r.chain), big(seq), blob(json.clone())]
+            };
+            writes.push((
+                &self.st.put_audit_by_time,
+                position(text(&e.tenant_id), big(day)),
+            ));
+            if !e.user_id.is_empty() {
+                writes.push((
+                    &self.st.put_audit_by_user,
+                    position(text(&e.tenant_id), text(&e.user_id)),
+                ));
+            }
+            if !e.challenge_id.is_empty() {
+                writes.push((
+                    &self.st.put_audit_by_challenge,
+                    position(text(&e.tenant_id), text(&e.challenge_id)),
+                ));
+            }
+            days.insert((e.tenant_id.clone(), day));
+        }
+        for (tenant, day) in days {
+            writes.push((&self.st.put_audit_day, vec![text(tenant), big(day)]));
+        }
+        self.execute_all(writes, "append audit records").await?;
+        // Heads only once their records are stored: a head never names a
+        // record that is missing for any reason but tampering.
+        let mut head_writes = Vec::with_capacity(heads.len());
+        for h in heads {
+            let json = serde_json::to_vec(h).map_err(backend)?;
+            head_writes.push((&self.st.put_audit_head, vec![text(&h.chain), blob(json)]));
+        }
+        self.execute_all(head_writes, "store audit chain heads")
+            .await
+    }
+
+    async fn list_audit_chains(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ChainHead>> {
+        let limit = int(i32::try_from(limit).unwrap_or(i32::MAX));
+        let rows = match after {
+            None => {
+                self.read_all::<(String, Vec<u8>)>(
+                    &self.st.list_audit_heads_first,
+                    vec![limit],
+                    "list audit chains",
+                )
+                .await?
+            }
+            Some(a) => {
+                self.read_all::<(String, Vec<u8>)>(
+                    &self.st.list_audit_heads_after,
+                    vec![text(a), limit],
+                    "list audit chains",
+                )
+                .await?
+            }
+        };
+        rows.into_iter()
+            .map(|(_, head)| decode_json("audit_heads", &head))
+            .collect()
+    }
+
+    async fn read_audit_chain(
+        &self,
+        chain: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>> {
+        let mut out: Vec<AuditRecord> = Vec::new();
+        let mut next = seq_value(from_seq)?;
+        while out.len() < limit {
+            let block = next / AUDIT_BLOCK;
+            let want = limit - out.len();
+            let rows = self
+                .read_all::<(Vec<u8>,)>(
+                    &self.st.read_audit_block,
+                    vec![
+                        text(chain),
+                        big(block),
+                        big(next),
+                        int(i32::try_from(want).unwrap_or(i32::MAX)),
+                    ],
+                    "read an audit chain",
+                )
+                .await?;
+            let n = rows.len();
+            for (record,) in rows {
+                out.push(decode_json("audit_records", &record)?);
+            }
+            let block_end = (block + 1) * AUDIT_BLOCK - 1;
+            // Go on in the next block only if this one was read to its
+            // end; a chain that stops (or was cut) short ends here.
+            match out.last() {
+                Some(last) if n > 0 && n < want && last.seq == block_end as u64 => {
+                    next = block_end + 1;
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn query_audit(
+        &self,
+        tenant: &TenantId,
+        query: &AuditQuery,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>> {
+        // Start after the cursor, or at `from`: (from, "", -1) precedes
+        // every record at `from`.
+        let start = AuditCursor {
+            at: query.from,
+            chain: String::new(),
+            seq: 0,
+        };
+        let mut cursor = match &query.after {
+            Some(a) if a >= &start => (a.at, a.chain.clone(), seq_value(a.seq)?),
+            _ => (query.from, String::new(), -1),
+        };
+        let partitions: Vec<(&Stmt, Vec<Value>)> = match (&query.challenge_id, &query.user_id) {
+            (Some(c), _) => vec![(
+                &self.st.audit_by_challenge,
+                vec![text(tenant.as_str()), text(c)],
+            )],
+            (None, Some(u)) => vec![(&self.st.audit_by_user, vec![text(tenant.as_str()), text(u)])],
+            (None, None) => {
+                let first = cursor.0.max(0).div_euclid(DAY_MS);
+                let last = query.to.min(now_ms() + DAY_MS).div_euclid(DAY_MS);
+                self.read_all::<(i64,)>(
+                    &self.st.audit_days,
+                    vec![text(tenant.as_str()), big(first), big(last)],
+                    "list a tenant's audit days",
+                )
+                .await?
+                .into_iter()
+                .map(|(day,)| (&self.st.audit_by_time, vec![text(tenant.as_str()), big(day)]))
+                .collect()
+            }
+        };
+        let mut out = Vec::new();
+        'partitions: for (stmt, key) in partitions {
+            loop {
+                let want = (limit - out.len()).max(1);
+                let mut values = key.clone();
+                values.extend([
+                    big(cursor.0),
+                    text(&cursor.1),
+                    big(cursor.2),
+                    int(i32::try_from(want).unwrap_or(i32::MAX)),
+                ]);
+                let rows = self
+                    .read_all::<(Vec<u8>,)>(stmt, values, "query the audit trail")
+                    .await?;
+                let n = rows.len();
+                for (record,) in rows {
+                    let r: AuditRecord = decode_json("audit", &record)?;
+                    if r.entry.at >= query.to {
+                        break 'partitions;
+                    }
+                    cursor = (r.entry.at, r.chain.clone(), seq_value(r.seq)?);
+                    if r.entry.tenant_id == tenant.as_str() && query.matches(&r) {
+                        out.push(r);
+                        if out.len() >= limit {
+                            break 'partitions;
+                        }
+                    }
+                }
+                if n < want {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn purge_expired(

@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "api_key_admin",
         cql: include_str!("../schema/0003_api_key_admin.cql"),
     },
+    Migration {
+        version: 4,
+        name: "audit",
+        cql: include_str!("../schema/0004_audit.cql"),
+    },
 ];
 
 /// `ALTER TABLE ... ADD <column>`: not idempotent in CQL itself.
@@ -151,7 +156,7 @@ mod tests {
             .filter(|s| s.starts_with("CREATE TABLE"))
             .collect();
         // schema_migrations plus one table per access path.
-        assert_eq!(tables.len(), 12, "{tables:#?}");
+        assert_eq!(tables.len(), 18, "{tables:#?}");
         for s in &tables {
             assert!(
                 s.starts_with("CREATE TABLE IF NOT EXISTS sesame_test."),
@@ -163,7 +168,7 @@ mod tests {
             assert!(!s.to_uppercase().contains("ALLOW FILTERING"), "{s}");
             assert!(!s.contains("CREATE INDEX"), "{s}");
         }
-        assert_eq!(latest_version(), 3);
+        assert_eq!(latest_version(), 4);
         // Every statement either cannot repeat harm or is recognised as done.
         for st in &all {
             let upper = st.to_ascii_uppercase();

@@ -29,6 +29,7 @@ use redb::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use sesame_core::audit::{AuditRecord, ChainHead};
 use sesame_core::model::{UsageReport, UserGuardState};
 use sesame_core::time::UnixMillis;
 use sesame_core::{
@@ -36,7 +37,7 @@ use sesame_core::{
     TenantId,
 };
 
-use crate::{Created, Result, Storage, StorageError};
+use crate::{AuditQuery, Created, Result, Storage, StorageError};
 
 type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
@@ -66,7 +67,23 @@ struct GuardRecord {
 /// tenant \0 instance -> usage report.
 const USAGE: Table = TableDefinition::new("usage");
 
-const ALL_TABLES: [Table; 11] = [
+/// chain \0 seq (8 bytes BE) -> audit record.
+const AUDIT: Table = TableDefinition::new("audit");
+/// chain -> its head.
+const AUDIT_HEADS: Table = TableDefinition::new("audit_heads");
+/// tenant \0 at (8 BE) chain \0 seq (8 BE) -> (): the tenant's trail by time.
+const AUDIT_BY_TIME: Table = TableDefinition::new("audit_by_time");
+/// tenant \0 user \0 at chain \0 seq -> ().
+const AUDIT_BY_USER: Table = TableDefinition::new("audit_by_user");
+/// tenant \0 challenge \0 at chain \0 seq -> ().
+const AUDIT_BY_CHALLENGE: Table = TableDefinition::new("audit_by_challenge");
+
+const ALL_TABLES: [Table; 16] = [
+    AUDIT,
+    AUDIT_HEADS,
+    AUDIT_BY_TIME,
+    AUDIT_BY_USER,
+    AUDIT_BY_CHALLENGE,
     USAGE,
     USER_GUARDS,
     TENANTS,
@@ -152,6 +169,31 @@ fn key3(a: &str, b: &str, c: &str) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(c.as_bytes());
     k
+}
+
+fn audit_key(chain: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(chain.len() + 9);
+    k.extend_from_slice(chain.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// `prefix \0`, then the position (time, chain, seq) in byte order.
+fn audit_index_key(prefix: &[u8], at: UnixMillis, chain: &str, seq: u64) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.push(0);
+    k.extend_from_slice(&at.max(0).to_be_bytes());
+    k.extend_from_slice(&audit_key(chain, seq));
+    k
+}
+
+/// The (chain, seq) at the end of an index key made by `audit_index_key`.
+fn audit_index_target(key: &[u8], prefix_len: usize) -> Option<(String, u64)> {
+    let rest = key.get(prefix_len + 9..)?;
+    let (chain, seq) = rest.split_at(rest.len().checked_sub(9)?);
+    let seq = u64::from_be_bytes(seq.get(1..)?.try_into().ok()?);
+    Some((String::from_utf8(chain.to_vec()).ok()?, seq))
 }
 
 fn expiry_key(expires_at: UnixMillis, id: &ChallengeId) -> Vec<u8> {
@@ -731,6 +773,148 @@ impl Storage for EmbeddedStorage {
         {
             let (_, v) = entry.map_err(backend)?;
             out.push(decode::<UsageReport>("usage", v.value())?);
+        }
+        Ok(out)
+    }
+
+    async fn append_audit(&self, records: &[AuditRecord], heads: &[ChainHead]) -> Result<()> {
+        let mut rows = Vec::with_capacity(records.len());
+        for r in records {
+            let e = &r.entry;
+            let mut index = vec![(AUDIT_BY_TIME, e.tenant_id.as_bytes().to_vec())];
+            if !e.user_id.is_empty() {
+                index.push((AUDIT_BY_USER, key2(&e.tenant_id, &e.user_id)));
+            }
+            if !e.challenge_id.is_empty() {
+                index.push((AUDIT_BY_CHALLENGE, key2(&e.tenant_id, &e.challenge_id)));
+            }
+            let index: Vec<(Table, Vec<u8>)> = index
+                .into_iter()
+                .map(|(t, p)| (t, audit_index_key(&p, e.at, &r.chain, r.seq)))
+                .collect();
+            rows.push((audit_key(&r.chain, r.seq), encode(r)?, index));
+        }
+        let mut head_rows = Vec::with_capacity(heads.len());
+        for h in heads {
+            head_rows.push((h.chain.as_bytes().to_vec(), encode(h)?));
+        }
+        self.write(move |txn| {
+            for (key, value, index) in &rows {
+                put_in(txn, AUDIT, key, value)?;
+                for (table, k) in index {
+                    put_in(txn, *table, k, &[])?;
+                }
+            }
+            for (k, v) in &head_rows {
+                put_in(txn, AUDIT_HEADS, k, v)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_audit_chains(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ChainHead>> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(AUDIT_HEADS).map_err(backend)?;
+        let range = match after {
+            Some(a) => {
+                let mut start = a.as_bytes().to_vec();
+                start.push(0);
+                table.range(start.as_slice()..).map_err(backend)?
+            }
+            None => table.range::<&[u8]>(..).map_err(backend)?,
+        };
+        let mut out = Vec::new();
+        for entry in range.take(limit) {
+            let (_, v) = entry.map_err(backend)?;
+            out.push(decode::<ChainHead>("audit_heads", v.value())?);
+        }
+        Ok(out)
+    }
+
+    async fn read_audit_chain(
+        &self,
+        chain: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(AUDIT).map_err(backend)?;
+        let start = audit_key(chain, from_seq);
+        let end = prefix_end(chain.as_bytes());
+        let mut out = Vec::new();
+        for entry in table
+            .range(start.as_slice()..end.as_slice())
+            .map_err(backend)?
+            .take(limit)
+        {
+            let (_, v) = entry.map_err(backend)?;
+            out.push(decode::<AuditRecord>("audit", v.value())?);
+        }
+        Ok(out)
+    }
+
+    async fn query_audit(
+        &self,
+        tenant: &TenantId,
+        query: &AuditQuery,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>> {
+        // The narrowest index that answers the query; the rest is filtered.
+        let (def, prefix) = match (&query.challenge_id, &query.user_id) {
+            (Some(c), _) => (AUDIT_BY_CHALLENGE, key2(tenant.as_str(), c)),
+            (None, Some(u)) => (AUDIT_BY_USER, key2(tenant.as_str(), u)),
+            (None, None) => (AUDIT_BY_TIME, tenant.as_str().as_bytes().to_vec()),
+        };
+        let mut start = prefix.clone();
+        start.push(0);
+        start.extend_from_slice(&query.from.max(0).to_be_bytes());
+        if let Some(a) = &query.after {
+            let mut after = audit_index_key(&prefix, a.at, &a.chain, a.seq);
+            // The first key past the cursor's own.
+            after.push(0);
+            start = start.max(after);
+        }
+        let mut end = prefix.clone();
+        end.push(0);
+        end.extend_from_slice(&query.to.max(0).to_be_bytes());
+        let txn = self.db.begin_read().map_err(backend)?;
+        let index = txn.open_table(def).map_err(backend)?;
+        let records = txn.open_table(AUDIT).map_err(backend)?;
+        let mut out = Vec::new();
+        if start >= end {
+            return Ok(out);
+        }
+        for entry in index
+            .range(start.as_slice()..end.as_slice())
+            .map_err(backend)?
+        {
+            let (k, _) = entry.map_err(backend)?;
+            let Some((chain, seq)) = audit_index_target(k.value(), prefix.len()) else {
+                return Err(StorageError::Corrupt {
+                    table: def.name().to_owned(),
+                    message: "index key without a record position".into(),
+                });
+            };
+            // An index row whose record is gone is the trail's problem to
+            // report (`sesame audit verify`), not the query's.
+            let Some(v) = records
+                .get(audit_key(&chain, seq).as_slice())
+                .map_err(backend)?
+            else {
+                continue;
+            };
+            let r = decode::<AuditRecord>("audit", v.value())?;
+            if r.entry.tenant_id == tenant.as_str() && query.matches(&r) {
+                out.push(r);
+                if out.len() >= limit {
+                    break;
+                }
+            }
         }
         Ok(out)
     }

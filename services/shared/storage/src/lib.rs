@@ -21,6 +21,7 @@ pub mod metered;
 pub mod testsuite;
 
 use async_trait::async_trait;
+use sesame_core::audit::{AuditRecord, ChainHead};
 use sesame_core::model::{UsageReport, UserGuardState};
 use sesame_core::time::UnixMillis;
 use sesame_core::{
@@ -42,6 +43,54 @@ pub enum Created {
     New,
     /// The tenant already created a challenge with this idempotency key: that one.
     Existing(Box<Challenge>),
+}
+
+/// Which of one tenant's audit records to read: those in `[from, to)` (by
+/// the entry's time), of one user or one challenge when set, in order of
+/// (time, chain, seq), starting after `after` (the last record of the
+/// previous page).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub user_id: Option<String>,
+    pub challenge_id: Option<String>,
+    pub from: UnixMillis,
+    /// Exclusive; `UnixMillis::MAX` for no end.
+    pub to: UnixMillis,
+    pub after: Option<AuditCursor>,
+}
+
+/// A position in a tenant's audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AuditCursor {
+    pub at: UnixMillis,
+    pub chain: String,
+    pub seq: u64,
+}
+
+impl AuditQuery {
+    /// Whether `r` is one of this query's records (the tenant is the
+    /// caller's to check).
+    pub fn matches(&self, r: &AuditRecord) -> bool {
+        let e = &r.entry;
+        e.at >= self.from
+            && e.at < self.to
+            && self.user_id.as_ref().is_none_or(|u| &e.user_id == u)
+            && self
+                .challenge_id
+                .as_ref()
+                .is_none_or(|c| &e.challenge_id == c)
+            && self.after.as_ref().is_none_or(|a| &AuditCursor::of(r) > a)
+    }
+}
+
+impl AuditCursor {
+    pub fn of(r: &AuditRecord) -> AuditCursor {
+        AuditCursor {
+            at: r.entry.at,
+            chain: r.chain.clone(),
+            seq: r.seq,
+        }
+    }
 }
 
 #[async_trait]
@@ -148,6 +197,32 @@ pub trait Storage: Send + Sync + 'static {
     async fn put_usage(&self, tenant: &TenantId, report: &UsageReport) -> Result<()>;
     /// Every instance's latest usage report for the tenant.
     async fn list_usage(&self, tenant: &TenantId) -> Result<Vec<UsageReport>>;
+
+    /// Appends chained audit records and the new heads of their chains.
+    /// Append only: nothing in this trait edits or deletes a record. A
+    /// backend that cannot write both at once writes the records first, so
+    /// a head never names a record that is not stored.
+    async fn append_audit(&self, records: &[AuditRecord], heads: &[ChainHead]) -> Result<()>;
+    /// Up to `limit` chain heads after the chain id `after`, by chain id
+    /// (by token on ScyllaDB), of every tenant.
+    async fn list_audit_chains(&self, after: Option<&str>, limit: usize)
+        -> Result<Vec<ChainHead>>;
+    /// Up to `limit` records of one chain from position `from_seq` on, in
+    /// order of position.
+    async fn read_audit_chain(
+        &self,
+        chain: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>>;
+    /// Up to `limit` of one tenant's records matching `query` (see
+    /// [`AuditQuery`]); only that tenant's.
+    async fn query_audit(
+        &self,
+        tenant: &TenantId,
+        query: &AuditQuery,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>>;
 
     /// Deletes enrollment tickets expired before `now`, challenges that
     /// expired before `challenges_before`, guard records whose last relevant

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use sesame_core::audit::{AuditRecord, ChainHead};
 use sesame_core::model::{UsageReport, UserGuardState};
 use sesame_core::time::UnixMillis;
 use sesame_core::{
@@ -13,7 +14,7 @@ use sesame_core::{
     TenantId,
 };
 
-use crate::{Created, Result, Storage, StorageError};
+use crate::{AuditCursor, AuditQuery, Created, Result, Storage, StorageError};
 
 #[derive(Default)]
 struct Inner {
@@ -25,6 +26,8 @@ struct Inner {
     idempotency: HashMap<(TenantId, String), ChallengeId>,
     guards: HashMap<(TenantId, String), (u64, UserGuardState)>,
     usage: HashMap<(TenantId, String), UsageReport>,
+    audit: BTreeMap<(String, u64), AuditRecord>,
+    audit_heads: BTreeMap<String, ChainHead>,
 }
 
 #[derive(Default)]
@@ -301,6 +304,65 @@ impl Storage for MemStorage {
             .collect();
         v.sort_by(|a, b| a.instance.cmp(&b.instance));
         Ok(v)
+    }
+
+    async fn append_audit(&self, records: &[AuditRecord], heads: &[ChainHead]) -> Result<()> {
+        let mut inner = self.lock()?;
+        for r in records {
+            inner.audit.insert((r.chain.clone(), r.seq), r.clone());
+        }
+        for h in heads {
+            inner.audit_heads.insert(h.chain.clone(), h.clone());
+        }
+        Ok(())
+    }
+
+    async fn list_audit_chains(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ChainHead>> {
+        let inner = self.lock()?;
+        Ok(inner
+            .audit_heads
+            .values()
+            .filter(|h| after.is_none_or(|a| h.chain.as_str() > a))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn read_audit_chain(
+        &self,
+        chain: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>> {
+        let inner = self.lock()?;
+        Ok(inner
+            .audit
+            .range((chain.to_owned(), from_seq)..=(chain.to_owned(), u64::MAX))
+            .take(limit)
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+
+    async fn query_audit(
+        &self,
+        tenant: &TenantId,
+        query: &AuditQuery,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>> {
+        let inner = self.lock()?;
+        let mut out: Vec<AuditRecord> = inner
+            .audit
+            .values()
+            .filter(|r| r.entry.tenant_id == tenant.as_str() && query.matches(r))
+            .cloned()
+            .collect();
+        out.sort_by_key(AuditCursor::of);
+        out.truncate(limit);
+        Ok(out)
     }
 
     async fn purge_expired(

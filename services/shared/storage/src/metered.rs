@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use sesame_core::audit::{AuditRecord, ChainHead};
 use sesame_core::model::{UsageReport, UserGuardState};
 use sesame_core::time::UnixMillis;
 use sesame_core::{
@@ -15,7 +16,7 @@ use sesame_core::{
     TenantId,
 };
 
-use crate::{Created, Result, Storage, StorageError};
+use crate::{AuditQuery, Created, Result, Storage, StorageError};
 
 /// `sesame_storage_operation_duration_seconds{backend, op}`
 pub const STORAGE_DURATION: &str = "sesame_storage_operation_duration_seconds";
@@ -237,6 +238,46 @@ impl Storage for MeteredStorage {
 
     async fn list_usage(&self, tenant: &TenantId) -> Result<Vec<UsageReport>> {
         self.timed("list_usage", self.inner.list_usage(tenant))
+            .await
+    }
+
+    async fn append_audit(&self, records: &[AuditRecord], heads: &[ChainHead]) -> Result<()> {
+        self.timed("append_audit", self.inner.append_audit(records, heads))
+            .await
+    }
+
+    async fn list_audit_chains(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ChainHead>> {
+        self.timed(
+            "list_audit_chains",
+            self.inner.list_audit_chains(after, limit),
+        )
+        .await
+    }
+
+    async fn read_audit_chain(
+        &self,
+        chain: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>> {
+        self.timed(
+            "read_audit_chain",
+            self.inner.read_audit_chain(chain, from_seq, limit),
+        )
+        .await
+    }
+
+    async fn query_audit(
+        &self,
+        tenant: &TenantId,
+        query: &AuditQuery,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>> {
+        self.timed("query_audit", self.inner.query_audit(tenant, query, limit))
             .await
     }
 

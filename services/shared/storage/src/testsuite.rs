@@ -12,7 +12,11 @@ use sesame_core::model::*;
 use sesame_core::time::now_ms;
 use sesame_core::{ChallengeId, DeviceId, TenantId};
 
-use crate::{Created, Storage, StorageError};
+use sesame_core::audit::{
+    chain_id, verify_chain, AuditAction, AuditEntry, AuditRecord, ChainHead, Chainer,
+};
+
+use crate::{AuditCursor, AuditQuery, Created, Storage, StorageError};
 
 pub type Store = Arc<dyn Storage>;
 
@@ -642,6 +646,157 @@ pub async fn usage_reports_overwrite_per_instance(s: Store) {
 
 /// Lists longer than a backend's page (the ScyllaDB suite runs with a page
 /// of 7 rows) come back whole and in order.
+/// Two chains of one tenant (two writers) and one of another tenant.
+async fn audit_trail(s: &Store) -> (TenantId, TenantId, Vec<AuditRecord>, Vec<Chainer>) {
+    let (t, other) = (fresh_tenant(), fresh_tenant());
+    let id = ChallengeId::generate();
+    let writer = &id.as_str()[3..11];
+    let mut chains: Vec<Chainer> = [(&t, "a"), (&t, "b"), (&other, "a")]
+        .iter()
+        .map(|(tenant, w)| {
+            Chainer::new(
+                chain_id(tenant.as_str(), &format!("{w}{writer}")),
+                tenant.as_str().to_owned(),
+                1,
+            )
+        })
+        .collect();
+    let mut all = Vec::new();
+    for i in 0..30i64 {
+        let c = &mut chains[(i % 3) as usize];
+        let tenant = c.tenant_id.clone();
+        let e = AuditEntry::new(10_000 + i * 10, tenant, AuditAction::ChallengeCreated)
+            .user(format!("user{}", i % 2))
+            .challenge(format!("ch{}", i % 5))
+            .detail(format!("n{i}"));
+        all.push(c.append(e));
+    }
+    // Two batches, each with the heads as they stand after it.
+    let (first, second) = all.split_at(12);
+    let heads: Vec<_> = chains.iter().filter_map(Chainer::head).collect();
+    let early_heads: Vec<_> = heads
+        .iter()
+        .filter_map(|h| {
+            let last = first.iter().rev().find(|r| r.chain == h.chain)?;
+            Some(ChainHead {
+                seq: last.seq,
+                hash: last.hash,
+                ..h.clone()
+            })
+        })
+        .collect();
+    s.append_audit(first, &early_heads).await.unwrap();
+    s.append_audit(second, &heads).await.unwrap();
+    (t, other, all, chains)
+}
+
+pub async fn audit_chains_read_back_in_order(s: Store) {
+    let (_, _, all, chains) = audit_trail(&s).await;
+    for c in &chains {
+        let want: Vec<_> = all.iter().filter(|r| r.chain == c.chain).cloned().collect();
+        // Read in pages of 4: positions continue where the page ended.
+        let mut got = Vec::new();
+        loop {
+            let page = s.read_audit_chain(&c.chain, got.len() as u64, 4).await.unwrap();
+            let n = page.len();
+            got.extend(page);
+            if n < 4 {
+                break;
+            }
+        }
+        assert_eq!(got, want, "chain {}", c.chain);
+        let head = c.head().unwrap();
+        assert!(verify_chain(&c.chain, &got, Some(&head)).is_empty());
+    }
+    // Every chain's head is listed, the latest one, in pages.
+    let mut listed = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = s.list_audit_chains(after.as_deref(), 2).await.unwrap();
+        after = page.last().map(|h| h.chain.clone());
+        let n = page.len();
+        listed.extend(page);
+        if n < 2 {
+            break;
+        }
+    }
+    for c in &chains {
+        let head = c.head().unwrap();
+        assert_eq!(listed.iter().filter(|h| h.chain == c.chain).count(), 1);
+        assert!(listed.contains(&head), "{} not at its latest head", c.chain);
+    }
+    assert!(s.read_audit_chain("nobody/none", 0, 10).await.unwrap().is_empty());
+}
+
+pub async fn audit_queries_by_user_challenge_and_time(s: Store) {
+    let (t, other, all, _) = audit_trail(&s).await;
+    let mine = |f: &dyn Fn(&AuditRecord) -> bool| -> Vec<AuditRecord> {
+        let mut v: Vec<_> = all
+            .iter()
+            .filter(|r| r.entry.tenant_id == t.as_str() && f(r))
+            .cloned()
+            .collect();
+        v.sort_by_key(AuditCursor::of);
+        v
+    };
+    let every = AuditQuery {
+        to: i64::MAX,
+        ..AuditQuery::default()
+    };
+    // Paged: each page continues after the last record of the one before.
+    let mut got = Vec::new();
+    let mut q = every.clone();
+    loop {
+        let page = s.query_audit(&t, &q, 3).await.unwrap();
+        q.after = page.last().map(AuditCursor::of);
+        let n = page.len();
+        got.extend(page);
+        if n < 3 {
+            break;
+        }
+    }
+    assert_eq!(got, mine(&|_| true));
+    assert_eq!(got.len(), 20, "the other tenant's records are not listed");
+
+    let by_user = AuditQuery {
+        user_id: Some("user1".into()),
+        ..every.clone()
+    };
+    assert_eq!(
+        s.query_audit(&t, &by_user, 100).await.unwrap(),
+        mine(&|r| r.entry.user_id == "user1")
+    );
+    let by_challenge = AuditQuery {
+        challenge_id: Some("ch3".into()),
+        ..every.clone()
+    };
+    assert_eq!(
+        s.query_audit(&t, &by_challenge, 100).await.unwrap(),
+        mine(&|r| r.entry.challenge_id == "ch3")
+    );
+    let both = AuditQuery {
+        challenge_id: Some("ch3".into()),
+        user_id: Some("user1".into()),
+        ..every.clone()
+    };
+    assert_eq!(
+        s.query_audit(&t, &both, 100).await.unwrap(),
+        mine(&|r| r.entry.challenge_id == "ch3" && r.entry.user_id == "user1")
+    );
+    let window = AuditQuery {
+        from: 10_050,
+        to: 10_150,
+        ..every.clone()
+    };
+    let in_window = s.query_audit(&t, &window, 100).await.unwrap();
+    assert_eq!(in_window, mine(&|r| (10_050..10_150).contains(&r.entry.at)));
+    assert!(!in_window.is_empty());
+    // Another tenant's challenge ids find nothing of this tenant's.
+    let theirs = s.query_audit(&other, &by_user, 100).await.unwrap();
+    assert!(theirs.iter().all(|r| r.entry.tenant_id == other.as_str()));
+    assert_eq!(theirs.len(), 5);
+}
+
 pub async fn lists_span_pages(s: Store) {
     let t = fresh_tenant();
     let mut enrolled = Vec::new();
@@ -749,7 +904,9 @@ macro_rules! storage_suite {
             usage_reports_overwrite_per_instance,
             purge_removes_only_expired,
             lists_span_pages,
-            expiry_is_exact
+            expiry_is_exact,
+            audit_chains_read_back_in_order,
+            audit_queries_by_user_challenge_and_time
         );
     };
     (@cases $attrs:tt $make:expr; $($case:ident),*) => {
