@@ -36,6 +36,51 @@ pub struct ChallengeContext {
     #[prost(string, tag = "6")]
     pub binding_message: ::prost::alloc::string::String,
 }
+/// One record of the tamper-evident audit trail: what happened, to whom, by
+/// whom and from where, and the hashes that chain it to the record before
+/// it in its chain (one chain per tenant per Sesame process). `hash` is
+/// SHA-256 over "sesame-audit-v1" and every field below but `hash`, each
+/// preceded by its length as 8 bytes big-endian, in this order: chain, seq
+/// (8 bytes big-endian), prev, at, tenant_id, action, user_id, device_id,
+/// challenge_id, actor, source, detail (`sesame audit verify` recomputes it).
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AuditRecord {
+    /// `<tenant>/<writer>`.
+    #[prost(string, tag = "1")]
+    pub chain: ::prost::alloc::string::String,
+    /// Position in the chain, from 0.
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
+    /// The previous record's hash (32 zero bytes for the first).
+    #[prost(bytes = "vec", tag = "3")]
+    pub prev: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    pub hash: ::prost::alloc::vec::Vec<u8>,
+    #[prost(int64, tag = "5")]
+    pub at_unix_ms: i64,
+    #[prost(string, tag = "6")]
+    pub tenant_id: ::prost::alloc::string::String,
+    /// e.g. "challenge_created", "push_sent", "answer_accepted", "answer_refused",
+    /// "fraud_reported", "device_revoked", "api_key_rotated".
+    #[prost(string, tag = "7")]
+    pub action: ::prost::alloc::string::String,
+    #[prost(string, tag = "8")]
+    pub user_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "9")]
+    pub device_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "10")]
+    pub challenge_id: ::prost::alloc::string::String,
+    /// Who acted: "key:<api key id>", "device:<device id>", "admin", "dispatcher".
+    #[prost(string, tag = "11")]
+    pub actor: ::prost::alloc::string::String,
+    /// The caller's address (and client-certificate identity over mTLS).
+    #[prost(string, tag = "12")]
+    pub source: ::prost::alloc::string::String,
+    /// The outcome or reason, e.g. "verdict: approved".
+    #[prost(string, tag = "13")]
+    pub detail: ::prost::alloc::string::String,
+}
 /// The mobile platform of an enrolled device; it selects the push provider.
 #[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]

@@ -13,9 +13,12 @@
 use std::sync::Arc;
 
 use base64::Engine;
+use sesame_audit::AuditLog;
+use sesame_core::audit::AuditAction;
 use sesame_core::limits::MAX_LIVE_API_KEYS_PER_TENANT;
 use sesame_core::time::{now_ms, UnixMillis};
 use sesame_core::{validate, ApiKeyRecord, ApiKeyState, Tenant, TenantId};
+use sesame_grpc::auth::Origin;
 use sesame_grpc::{apikey, ApiError};
 use sesame_proto::admin::v1 as pb;
 use sesame_storage::Storage;
@@ -52,11 +55,13 @@ pub fn admin_key_sha256(key: &str) -> Option<[u8; 32]> {
     ok.then(|| Sha256::digest(key.as_bytes()).into())
 }
 
+#[derive(Clone)]
 pub struct TenantAdminApi {
     storage: Arc<dyn Storage>,
     /// The tenant API's key cache, told of every change made here.
     auth: TenantAuth,
     admin_key_sha256: [u8; 32],
+    audit: AuditLog,
 }
 
 impl TenantAdminApi {
@@ -65,7 +70,23 @@ impl TenantAdminApi {
             storage,
             auth,
             admin_key_sha256,
+            audit: AuditLog::disabled(),
         }
+    }
+
+    /// Records every change in the audit trail (the tenant's chain).
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    fn record(&self, caller: &str, tenant: &TenantId, action: AuditAction, detail: String) {
+        let origin = Origin {
+            actor: "admin".into(),
+            source: caller.to_owned(),
+        };
+        self.audit
+            .record(origin.entry(tenant.as_str(), action).detail(detail));
     }
 
     /// Refuses any call without the admin key; returns who called, for the
@@ -212,6 +233,15 @@ impl pb::tenant_admin_service_server::TenantAdminService for TenantAdminApi {
             .into());
         }
         tracing::info!(target: "sesame::audit", %caller, tenant = %id, key_id = %record.key_id, "tenant created");
+        self.record(
+            &caller,
+            &id,
+            AuditAction::TenantCreated,
+            format!(
+                "first key {}; client identity {:?}",
+                record.key_id, tenant.client_identity
+            ),
+        );
         Ok(Response::new(pb::CreateTenantResponse {
             tenant: Some(tenant_out(&tenant)),
             key: Some(key_out(&record, now)),
@@ -317,6 +347,15 @@ impl pb::tenant_admin_service_server::TenantAdminService for TenantAdminApi {
             client_identity = %tenant.client_identity,
             "tenant updated"
         );
+        self.record(
+            &caller,
+            &id,
+            AuditAction::TenantChanged,
+            format!(
+                "disabled={} display_name={:?} client_identity={:?}",
+                tenant.disabled, tenant.display_name, tenant.client_identity
+            ),
+        );
         Ok(Response::new(tenant_out(&tenant)))
     }
 
@@ -335,6 +374,12 @@ impl pb::tenant_admin_service_server::TenantAdminService for TenantAdminApi {
             .await
             .map_err(ApiError::from)?;
         tracing::info!(target: "sesame::audit", %caller, tenant = %id, key_id = %record.key_id, "API key created");
+        self.record(
+            &caller,
+            &id,
+            AuditAction::ApiKeyCreated,
+            format!("key {}", record.key_id),
+        );
         Ok(Response::new(pb::CreateApiKeyResponse {
             key: Some(key_out(&record, now)),
             api_key,
@@ -413,6 +458,15 @@ impl pb::tenant_admin_service_server::TenantAdminService for TenantAdminApi {
             old_expires_at_unix_ms = old.expires_at,
             "API key rotated"
         );
+        self.record(
+            &caller,
+            &id,
+            AuditAction::ApiKeyRotated,
+            format!(
+                "key {} replaced by {}; old key ends at {} ms",
+                old.key_id, new.key_id, old.expires_at
+            ),
+        );
         Ok(Response::new(pb::RotateApiKeyResponse {
             new_key: Some(key_out(&new, now)),
             api_key,
@@ -435,9 +489,92 @@ impl pb::tenant_admin_service_server::TenantAdminService for TenantAdminApi {
                 .await
                 .map_err(ApiError::from)?;
             tracing::info!(target: "sesame::audit", %caller, tenant = %id, key_id = %key.key_id, "API key revoked");
+            self.record(
+                &caller,
+                &id,
+                AuditAction::ApiKeyRevoked,
+                format!("key {}", key.key_id),
+            );
         }
         self.auth.forget_key(&key.key_id);
         Ok(Response::new(key_out(&key, now_ms())))
+    }
+}
+
+fn page_size(n: u32) -> Result<usize, ApiError> {
+    match n {
+        0 => Ok(DEFAULT_PAGE_SIZE as usize),
+        n if n > MAX_PAGE_SIZE => Err(ApiError::invalid(
+            "page_size",
+            format!("is {n}; at most {MAX_PAGE_SIZE}"),
+        )),
+        n => Ok(n as usize),
+    }
+}
+
+/// The same admin key guards the whole audit trail.
+#[tonic::async_trait]
+impl pb::audit_admin_service_server::AuditAdminService for TenantAdminApi {
+    async fn list_audit_chains(
+        &self,
+        request: Request<pb::ListAuditChainsRequest>,
+    ) -> Result<Response<pb::ListAuditChainsResponse>, Status> {
+        self.admin(&request)?;
+        let r = request.into_inner();
+        let size = page_size(r.page_size)?;
+        if r.page_token.len() > 512 {
+            return Err(ApiError::invalid("page_token", "is not a next_page_token").into());
+        }
+        let after = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
+        let mut heads = self
+            .storage
+            .list_audit_chains(after, size + 1)
+            .await
+            .map_err(ApiError::from)?;
+        let more = heads.len() > size;
+        heads.truncate(size);
+        let next_page_token = match heads.last() {
+            Some(h) if more => h.chain.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListAuditChainsResponse {
+            chains: heads
+                .into_iter()
+                .map(|h| pb::AuditChainHead {
+                    chain: h.chain,
+                    tenant_id: h.tenant_id,
+                    started_at_unix_ms: h.started_at,
+                    seq: h.seq,
+                    hash: h.hash.to_vec(),
+                })
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn read_audit_chain(
+        &self,
+        request: Request<pb::ReadAuditChainRequest>,
+    ) -> Result<Response<pb::ReadAuditChainResponse>, Status> {
+        self.admin(&request)?;
+        let r = request.into_inner();
+        let size = page_size(r.page_size)?;
+        if r.chain.is_empty() || r.chain.len() > 512 || r.chain.contains('\0') {
+            return Err(
+                ApiError::invalid("chain", "must be a chain id from ListAuditChains").into(),
+            );
+        }
+        let records = self
+            .storage
+            .read_audit_chain(&r.chain, r.from_seq, size)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::ReadAuditChainResponse {
+            records: records
+                .iter()
+                .map(sesame_grpc::convert::audit_record_out)
+                .collect(),
+        }))
     }
 }
 

@@ -4,6 +4,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sesame_audit::AuditLog;
+use sesame_core::audit::AuditAction;
 use sesame_core::limits::{
     DEFAULT_CHALLENGE_TTL_SECS, MAX_CHALLENGE_TTL_SECS, MIN_CHALLENGE_TTL_SECS,
 };
@@ -21,6 +23,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::{Shutdown, TenantAuth, WatchHub};
+use sesame_grpc::auth::Origin;
 
 pub struct ChallengeApi {
     storage: Arc<dyn Storage>,
@@ -31,6 +34,7 @@ pub struct ChallengeApi {
     quotas: Option<Arc<TenantLimiter>>,
     shutdown: Shutdown,
     watch_resync: Duration,
+    audit: AuditLog,
 }
 
 pub fn challenge_out(c: &Challenge, now: i64) -> pb::Challenge {
@@ -71,7 +75,14 @@ impl ChallengeApi {
             quotas: None,
             shutdown: Shutdown::never(),
             watch_resync: WATCH_RESYNC,
+            audit: AuditLog::disabled(),
         }
+    }
+
+    /// Records creations, refusals and cancellations in the audit trail.
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// How often a watch stream re-reads its challenge without an event
@@ -110,6 +121,7 @@ impl ChallengeApi {
             queue: self.queue.clone(),
             guard: self.guard.clone(),
             quotas: self.quotas.clone(),
+            audit: self.audit.clone(),
         }
     }
 }
@@ -163,10 +175,43 @@ struct Creator {
     queue: Arc<dyn Queue>,
     guard: Arc<UserGuard>,
     quotas: Option<Arc<TenantLimiter>>,
+    audit: AuditLog,
 }
 
 impl Creator {
+    /// CreateChallenge's work, with its outcome in the audit trail: the
+    /// challenge created, or the limit that refused it.
     async fn create(
+        &self,
+        tenant: TenantId,
+        req: pb::CreateChallengeRequest,
+        trace_id: String,
+        origin: Origin,
+    ) -> Result<Challenge, ApiError> {
+        let user = req.user_id.clone();
+        let r = self.create_inner(tenant.clone(), req, trace_id).await;
+        match &r {
+            Ok(c) => self.audit.record(
+                origin
+                    .entry(tenant.as_str(), AuditAction::ChallengeCreated)
+                    .user(&c.user_id)
+                    .challenge(&c.id)
+                    .detail(format!("devices={}", c.devices.len())),
+            ),
+            Err(ApiError::Limited {
+                reason, message, ..
+            }) => self.audit.record(
+                origin
+                    .entry(tenant.as_str(), AuditAction::ChallengeRefused)
+                    .user(user)
+                    .detail(format!("{reason}: {message}")),
+            ),
+            Err(_) => {}
+        }
+        r
+    }
+
+    async fn create_inner(
         &self,
         tenant: TenantId,
         req: pb::CreateChallengeRequest,
@@ -365,6 +410,7 @@ impl Creator {
             .filter(|d| d.push_enabled && !d.push_token.is_empty())
             .map(|d| PushJob {
                 tenant_id: challenge.tenant_id.clone(),
+                user_id: challenge.user_id.clone(),
                 device_id: d.id.clone(),
                 challenge_id: challenge.id.clone(),
                 platform: d.platform,
@@ -437,12 +483,13 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
     ) -> Result<Response<pb::CreateChallengeResponse>, Status> {
         let tenant = self.auth.authenticate(&request).await?;
         let creator = self.creator();
+        let origin = Origin::of(&request);
         let req = request.into_inner();
         // The task outlives the call if need be; it keeps the call's trace.
         let trace_id = sesame_grpc::trace::current().unwrap_or_default();
         let span = tracing::Span::current();
         let c = tokio::spawn(tracing::Instrument::instrument(
-            async move { creator.create(tenant, req, trace_id).await },
+            async move { creator.create(tenant, req, trace_id, origin).await },
             span,
         ))
         .await
@@ -579,6 +626,7 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
     ) -> Result<Response<pb::Challenge>, Status> {
         let tenant = self.auth.authenticate(&request).await?;
         let c = self.load(&tenant, &request.get_ref().challenge_id).await?;
+        let origin = Origin::of(&request);
         let now = now_ms();
         let resolution = Resolution {
             outcome: Outcome::Cancelled,
@@ -587,9 +635,16 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
         };
         // Resolve and announce in a task of its own: if this call is cancelled
         // after the commit, the event must still go out.
-        let (storage, queue) = (self.storage.clone(), self.queue.clone());
+        let (storage, queue, audit) =
+            (self.storage.clone(), self.queue.clone(), self.audit.clone());
         let c = tokio::spawn(async move {
             let c = storage.resolve_challenge(&c.id, &resolution, now).await?;
+            audit.record(
+                origin
+                    .entry(tenant.as_str(), AuditAction::ChallengeCancelled)
+                    .user(&c.user_id)
+                    .challenge(&c.id),
+            );
             let _ = queue.publish_event(Event::Verdict {
                 tenant_id: tenant,
                 challenge_id: c.id.clone(),

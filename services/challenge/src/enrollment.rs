@@ -3,9 +3,12 @@
 use std::sync::Arc;
 
 use base64::Engine;
+use sesame_audit::AuditLog;
+use sesame_core::audit::AuditAction;
 use sesame_core::limits::{DEFAULT_ENROLLMENT_TTL_SECS, MAX_ENROLLMENT_TTL_SECS};
 use sesame_core::time::now_ms;
 use sesame_core::{payload, validate, Device, DeviceId, EnrollmentTicket};
+use sesame_grpc::auth::Origin;
 use sesame_grpc::{convert, ApiError};
 use sesame_proto::tenant::v1 as pb;
 use sesame_storage::Storage;
@@ -50,6 +53,7 @@ pub struct EnrollmentApi {
     storage: Arc<dyn Storage>,
     auth: TenantAuth,
     config: ChallengeConfig,
+    audit: AuditLog,
 }
 
 impl EnrollmentApi {
@@ -58,7 +62,14 @@ impl EnrollmentApi {
             storage,
             auth,
             config,
+            audit: AuditLog::disabled(),
         }
+    }
+
+    /// Records enrollments begun and devices revoked in the audit trail.
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = audit;
+        self
     }
 }
 
@@ -83,6 +94,7 @@ impl pb::enrollment_service_server::EnrollmentService for EnrollmentApi {
         request: Request<pb::BeginEnrollmentRequest>,
     ) -> Result<Response<pb::BeginEnrollmentResponse>, Status> {
         let tenant = self.auth.authenticate(&request).await?;
+        let origin = Origin::of(&request);
         let req = request.into_inner();
         validate::user_id(&req.user_id).map_err(ApiError::from)?;
         let ttl = match req.ttl_seconds {
@@ -109,6 +121,12 @@ impl pb::enrollment_service_server::EnrollmentService for EnrollmentApi {
             .create_enrollment(&ticket)
             .await
             .map_err(ApiError::from)?;
+        self.audit.record(
+            origin
+                .entry(ticket.tenant_id.as_str(), AuditAction::EnrollmentStarted)
+                .user(&ticket.user_id)
+                .detail(format!("ttl={ttl}s")),
+        );
         Ok(Response::new(pb::BeginEnrollmentResponse {
             enrollment_uri: enrollment_uri(&self.config.public_device_url, &token),
             enrollment_token: token,
@@ -145,6 +163,12 @@ impl pb::enrollment_service_server::EnrollmentService for EnrollmentApi {
             .await
             .map_err(ApiError::from)?;
         tracing::info!(tenant = %tenant, device_id = %id, "device revoked");
+        self.audit.record(
+            Origin::of(&request)
+                .entry(tenant.as_str(), AuditAction::DeviceRevoked)
+                .user(&device.user_id)
+                .device(&id),
+        );
         Ok(Response::new(pb::RevokeDeviceResponse {
             device: Some(device_out(&device)),
         }))

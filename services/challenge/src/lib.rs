@@ -4,12 +4,15 @@
 //! - [`ChallengeApi`]: create, get, watch (server stream) and cancel challenges;
 //! - [`WatchHub`]: wakes watch streams when an event says a challenge changed;
 //! - [`TenantAuth`]: API-key authentication, keys stored as SHA-256 hashes;
-//! - [`TenantAdminApi`]: the operator's API for tenants and their keys.
+//! - [`AuditApi`]: a tenant's own audit trail;
+//! - [`TenantAdminApi`]: the operator's API for tenants and their keys, and
+//!   the whole audit trail for `sesame audit verify`.
 //!
 //! Both services are thin adapters from proto to the domain; all state lives
 //! behind the `Storage` and `Queue` traits so any number of replicas can run.
 
 pub mod admin;
+mod audit;
 mod challenges;
 mod enrollment;
 mod hub;
@@ -20,6 +23,7 @@ mod shutdown;
 use std::sync::Arc;
 
 pub use admin::TenantAdminApi;
+pub use audit::{audit_query, AuditApi};
 pub use challenges::{create_args, ChallengeApi, CreateArgs};
 pub use enrollment::{enrollment_uri, EnrollmentApi};
 pub use hub::WatchHub;

@@ -17,6 +17,8 @@ use std::time::Duration;
 pub mod metrics;
 
 use rand::Rng;
+use sesame_audit::AuditLog;
+use sesame_core::audit::{AuditAction, AuditEntry};
 use sesame_core::time::now_ms;
 use sesame_push::{PushOutcome, PushProvider};
 use sesame_queue::{Event, PushDelivery, PushJob, Queue};
@@ -81,6 +83,7 @@ pub struct Dispatcher {
     provider: Arc<dyn PushProvider>,
     config: DispatcherConfig,
     stats: Arc<DispatchStats>,
+    audit: AuditLog,
 }
 
 /// Delay before retry number `attempt` (1-based): `Retry-After` when the
@@ -115,7 +118,25 @@ impl Dispatcher {
             provider,
             config,
             stats: Arc::new(DispatchStats::default()),
+            audit: AuditLog::disabled(),
         }
+    }
+
+    /// Records each push's outcome (sent, or failed and why) in the audit trail.
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    fn record(&self, job: &PushJob, action: AuditAction, detail: String) {
+        self.audit.record(
+            AuditEntry::new(now_ms(), job.tenant_id.as_str(), action)
+                .user(&job.user_id)
+                .device(&job.device_id)
+                .challenge(&job.challenge_id)
+                .actor("dispatcher")
+                .detail(detail),
+        );
     }
 
     pub fn stats(&self) -> Arc<DispatchStats> {
@@ -214,12 +235,22 @@ impl Dispatcher {
                 self.stats.expired_dropped.fetch_add(1, Ordering::Relaxed);
                 metrics::push(provider, "expired_dropped");
                 tracing::debug!(challenge_id = %job.challenge_id, "push dropped: challenge expired");
+                self.record(
+                    &job,
+                    AuditAction::PushFailed,
+                    format!("{provider}: challenge expired before delivery"),
+                );
                 break;
             }
             match self.provider.send(&job, now).await {
                 PushOutcome::Delivered => {
                     self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                     metrics::push(provider, "delivered");
+                    self.record(
+                        &job,
+                        AuditAction::PushSent,
+                        format!("{provider}: accepted (attempt {})", job.attempt + 1),
+                    );
                     ::metrics::histogram!(metrics::PUSH_DELIVERY, "provider" => provider)
                         .record((now_ms() - job.enqueued_at).max(0) as f64 / 1000.0);
                     break;
@@ -227,6 +258,11 @@ impl Dispatcher {
                 PushOutcome::DeadToken => {
                     self.stats.dead_tokens.fetch_add(1, Ordering::Relaxed);
                     metrics::push(provider, "dead_token");
+                    self.record(
+                        &job,
+                        AuditAction::PushFailed,
+                        format!("{provider}: the push token is no longer valid"),
+                    );
                     let _ = self.queue.publish_event(Event::PushTokenDead {
                         device_id: job.device_id.clone(),
                         push_token: job.push_token.clone(),
@@ -285,6 +321,11 @@ impl Dispatcher {
         let provider = self.provider.provider_for(job);
         metrics::push(provider, "failed");
         tracing::warn!(%reason, provider, device_id = %job.device_id, "push failed");
+        self.record(
+            job,
+            AuditAction::PushFailed,
+            format!("{provider}: {reason}"),
+        );
         match self.queue.publish_dead_letter(job, reason).await {
             Ok(()) => true,
             Err(e) => {
@@ -324,6 +365,7 @@ mod tests {
     fn job(expires_in: i64) -> PushJob {
         PushJob {
             tenant_id: TenantId::parse("t").unwrap(),
+            user_id: String::new(),
             device_id: DeviceId::generate(),
             challenge_id: ChallengeId::generate(),
             platform: Platform::Ios,

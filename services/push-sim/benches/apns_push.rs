@@ -128,6 +128,7 @@ fn main() {
         let jobs: Vec<PushJob> = (0..pushes)
             .map(|i| PushJob {
                 tenant_id: tenant.clone(),
+                user_id: String::new(),
                 device_id: DeviceId::generate(),
                 challenge_id: ChallengeId::generate(),
                 platform: Platform::Ios,

@@ -27,6 +27,7 @@ const TOPIC: &str = "com.example.bank";
 fn job(platform: Platform, token: &str) -> PushJob {
     PushJob {
         tenant_id: TenantId::parse("bank").unwrap(),
+        user_id: String::new(),
         device_id: DeviceId::generate(),
         challenge_id: ChallengeId::generate(),
         platform,

@@ -325,6 +325,7 @@ async fn run(n_dispatchers: usize) {
                 }
                 let job = PushJob {
                     tenant_id: tenant.clone(),
+                    user_id: String::new(),
                     device_id: DeviceId::generate(),
                     challenge_id: ChallengeId::generate(),
                     platform: Platform::Android,

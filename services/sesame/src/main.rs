@@ -170,6 +170,28 @@ enum Command {
         #[command(subcommand)]
         command: ApikeyCommand,
     },
+    /// Operator: check the tamper-evident audit trail, or export it.
+    Audit {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute every hash of every chain (read through the admin API, or
+    /// from --file); exit status 1 and one line per problem if any record
+    /// was edited, dropped or reordered.
+    Verify {
+        /// A copy to check instead (JSON lines, as on the Kafka audit topic
+        /// or from `sesame audit export`).
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Every record as JSON lines on stdout, chain by chain.
+    Export,
 }
 
 #[derive(Args)]
@@ -679,6 +701,22 @@ async fn real_main() -> anyhow::Result<ExitCode> {
             a.update_tenant(update).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit { admin, command } => {
+            let report = match command {
+                AuditCommand::Verify { file: Some(path) } => cli::audit::verify_file(&path)?,
+                AuditCommand::Verify { file: None } => audit_client(admin).await?.verify().await?,
+                AuditCommand::Export => {
+                    let n = audit_client(admin).await?.export().await?;
+                    eprintln!("{n} audit records exported");
+                    return Ok(ExitCode::SUCCESS);
+                }
+            };
+            Ok(if report.print() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Apikey { admin, command } => {
             let mut a = admin_client(admin).await?;
             match command {
@@ -745,6 +783,11 @@ async fn real_main() -> anyhow::Result<ExitCode> {
 async fn admin_client(a: AdminArgs) -> anyhow::Result<cli::admin::Admin> {
     let key = cli::admin::resolve_admin_key(a.admin_key.as_deref(), &a.data_dir)?;
     cli::admin::Admin::connect(&a.server, key).await
+}
+
+async fn audit_client(a: AdminArgs) -> anyhow::Result<cli::audit::AuditAdmin> {
+    let key = cli::admin::resolve_admin_key(a.admin_key.as_deref(), &a.data_dir)?;
+    cli::audit::AuditAdmin::connect(&a.server, key).await
 }
 
 fn main() -> ExitCode {

@@ -10,17 +10,19 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sesame_challenge::{
-    apikey, ChallengeApi, ChallengeConfig, EnrollmentApi, Shutdown, TenantAdminApi, TenantAuth,
-    WatchHub,
+    apikey, AuditApi, ChallengeApi, ChallengeConfig, EnrollmentApi, Shutdown, TenantAdminApi,
+    TenantAuth, WatchHub,
 };
 use sesame_core::time::now_ms;
 use sesame_core::{Tenant, TenantId};
 use sesame_dispatcher::{Dispatcher, DispatcherConfig};
+use sesame_proto::admin::v1::audit_admin_service_server::AuditAdminServiceServer;
 use sesame_proto::admin::v1::tenant_admin_service_server::TenantAdminServiceServer;
 use sesame_proto::device::v1::device_service_server::DeviceServiceServer;
 use sesame_proto::ratelimit::v1::rate_limit_service_server::RateLimitServiceServer;
 use sesame_proto::simulator::v1::push_gateway_server::PushGatewayServer;
 use sesame_proto::simulator::v1::push_inbox_server::PushInboxServer;
+use sesame_proto::tenant::v1::audit_service_server::AuditServiceServer;
 use sesame_proto::tenant::v1::challenge_service_server::ChallengeServiceServer;
 use sesame_proto::tenant::v1::enrollment_service_server::EnrollmentServiceServer;
 use sesame_push::SimulatorProvider;
@@ -42,6 +44,8 @@ pub const DEV_KEY_FILE: &str = "dev-tenant.key";
 /// The generated admin key's file, inside the data directory.
 pub const ADMIN_KEY_FILE: &str = "admin.key";
 const ADMIN_SERVICE: &str = "sesame.admin.v1.TenantAdminService";
+const AUDIT_ADMIN_SERVICE: &str = "sesame.admin.v1.AuditAdminService";
+const AUDIT_SERVICE: &str = "sesame.tenant.v1.AuditService";
 const ENROLLMENT_SERVICE: &str = "sesame.tenant.v1.EnrollmentService";
 const CHALLENGE_SERVICE: &str = "sesame.tenant.v1.ChallengeService";
 const DEVICE_SERVICE: &str = "sesame.device.v1.DeviceService";
@@ -356,6 +360,13 @@ impl Sesame {
         } else {
             config.instance_id.clone()
         };
+        // This process's audit chains: one per tenant, named by instance
+        // and start time, so no two processes (or two starts) share one.
+        let (audit, audit_writer) = sesame_audit::AuditLog::start(
+            storage.clone(),
+            queue.clone(),
+            format!("{instance}-{:x}", now_ms()),
+        );
         let quotas = Arc::new(TenantLimiter::new(
             instance,
             storage.clone(),
@@ -368,26 +379,36 @@ impl Sesame {
         };
 
         // `admin_key` is only ever read for the challenge role.
-        let tenant_admin = match admin_key {
+        let (tenant_admin, audit_admin) = match admin_key {
             Some(hash) => {
-                health
-                    .set_service_status(ADMIN_SERVICE, tonic_health::ServingStatus::Serving)
-                    .await;
-                Some(
-                    TenantAdminServiceServer::new(TenantAdminApi::new(
-                        storage.clone(),
-                        auth.clone(),
-                        hash,
-                    ))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                for service in [ADMIN_SERVICE, AUDIT_ADMIN_SERVICE] {
+                    health
+                        .set_service_status(service, tonic_health::ServingStatus::Serving)
+                        .await;
+                }
+                let api = TenantAdminApi::new(storage.clone(), auth.clone(), hash)
+                    .with_audit(audit.clone());
+                (
+                    Some(
+                        TenantAdminServiceServer::new(api.clone())
+                            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                    ),
+                    Some(
+                        AuditAdminServiceServer::new(api)
+                            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                    ),
                 )
             }
             None if roles.challenge => {
                 tracing::info!("tenant administration API off: set admin_key_file to serve it");
-                None
+                (None, None)
             }
-            None => None,
+            None => (None, None),
         };
+        let audit_api = roles.challenge.then(|| {
+            AuditServiceServer::new(AuditApi::new(storage.clone(), auth.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        });
         let (enrollment, challenges) = if roles.challenge {
             background.spawn(sesame_challenge::run_event_loop(
                 queue.clone(),
@@ -403,13 +424,13 @@ impl Sesame {
             health
                 .set_serving::<ChallengeServiceServer<ChallengeApi>>()
                 .await;
+            health.set_serving::<AuditServiceServer<AuditApi>>().await;
             (
                 Some(
-                    EnrollmentServiceServer::new(EnrollmentApi::new(
-                        storage.clone(),
-                        auth.clone(),
-                        challenge_config,
-                    ))
+                    EnrollmentServiceServer::new(
+                        EnrollmentApi::new(storage.clone(), auth.clone(), challenge_config)
+                            .with_audit(audit.clone()),
+                    )
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
                 ),
                 Some(
@@ -422,6 +443,7 @@ impl Sesame {
                             guard.clone(),
                         )
                         .with_quotas(quotas.clone())
+                        .with_audit(audit.clone())
                         .with_shutdown(streams_shutdown.clone())
                         .with_watch_resync(Duration::from_millis(config.watch_resync_ms)),
                     )
@@ -448,7 +470,8 @@ impl Sesame {
                     replay,
                     config.max_devices_per_user,
                 )
-                .with_push_apps(push_catalog.clone()),
+                .with_push_apps(push_catalog.clone())
+                .with_audit(audit.clone()),
             )
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
         });
@@ -494,7 +517,7 @@ impl Sesame {
                     ..Default::default()
                 },
             );
-            Some(tokio::spawn(d.run()))
+            Some(tokio::spawn(d.with_audit(audit.clone()).run()))
         } else {
             None
         };
@@ -536,6 +559,8 @@ impl Sesame {
                 DEVICE_SERVICE,
                 RATELIMIT_SERVICE,
                 ADMIN_SERVICE,
+                AUDIT_SERVICE,
+                AUDIT_ADMIN_SERVICE,
             ] {
                 health_for_drain
                     .set_service_status(service, tonic_health::ServingStatus::NotServing)
@@ -576,6 +601,8 @@ impl Sesame {
             .add_optional_service(device)
             .add_optional_service(ratelimit)
             .add_optional_service(tenant_admin)
+            .add_optional_service(audit_admin)
+            .add_optional_service(audit_api)
             .add_optional_service(inbox)
             .add_optional_service(gateway);
         let stop_signal = async {
@@ -625,6 +652,9 @@ impl Sesame {
                 tracing::warn!("dispatcher did not drain within the grace period");
             }
         }
+        // What the last calls and pushes recorded, before the store goes.
+        drop(audit);
+        audit_writer.shutdown(grace).await;
         // The event loop holds the events consumer: stop it first, so that
         // the flush below waits for that consumer's close too.
         background.abort_all();

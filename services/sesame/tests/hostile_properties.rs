@@ -27,12 +27,14 @@ use prost::Message;
 use sesame_core::model::Decision;
 use sesame_device_sim::{Answer, SimDevice};
 use sesame_proto::admin::v1 as apb;
+use sesame_proto::admin::v1::audit_admin_service_client::AuditAdminServiceClient;
 use sesame_proto::admin::v1::tenant_admin_service_client::TenantAdminServiceClient;
 use sesame_proto::device::v1 as dpb;
 use sesame_proto::device::v1::device_service_client::DeviceServiceClient;
 use sesame_proto::ratelimit::v1 as rpb;
 use sesame_proto::ratelimit::v1::rate_limit_service_client::RateLimitServiceClient;
 use sesame_proto::tenant::v1 as pb;
+use sesame_proto::tenant::v1::audit_service_client::AuditServiceClient;
 use tonic::Code;
 
 /// Bytes shaped like a protobuf message: fields 1-12 of every wire type,
@@ -269,6 +271,16 @@ impl World {
             .rotate_api_key(self.admin(m)));
         each!(apb::RevokeApiKeyRequest, "RevokeApiKey", |m| adm
             .revoke_api_key(self.admin(m)));
+
+        let mut audit = AuditServiceClient::new(h.channel.clone());
+        let mut audit_adm = AuditAdminServiceClient::new(h.channel.clone());
+        each!(pb::ListAuditRecordsRequest, "ListAuditRecords", |m| audit
+            .list_audit_records(h.req(m)));
+        each!(apb::ListAuditChainsRequest, "ListAuditChains", |m| {
+            audit_adm.list_audit_chains(self.admin(m))
+        });
+        each!(apb::ReadAuditChainRequest, "ReadAuditChain", |m| audit_adm
+            .read_audit_chain(self.admin(m)));
         Ok(())
     }
 }
@@ -357,7 +369,7 @@ fn every_rpc_answers_hostile_input_with_a_documented_status() {
     // The generator must reach every RPC, or the test proves little.
     assert_eq!(
         tally.sent.len(),
-        22,
+        25,
         "RPCs reached: {:?}",
         tally.sent.keys()
     );

@@ -326,6 +326,7 @@ async fn only_the_internal_ca_may_call_the_push_gateway() {
     // The dispatcher's client for the gateway, as a split deployment uses it.
     let job = sesame_queue::PushJob {
         tenant_id: TenantId::parse("dev").unwrap(),
+        user_id: String::new(),
         device_id: DeviceId::generate(),
         challenge_id: ChallengeId::generate(),
         platform: Platform::Android,

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use sesame_audit::AuditLog;
+use sesame_core::audit::{AuditAction, AuditEntry};
 use sesame_core::crypto::PublicKey;
 use sesame_core::limits::{MAX_CLOCK_SKEW_MS, MAX_SIGNATURE_LEN};
 use sesame_core::model::{
@@ -28,6 +30,7 @@ pub struct DeviceApi {
     replay: Arc<ReplayGuard>,
     max_devices_per_user: usize,
     push_apps: Arc<PushAppCatalog>,
+    audit: AuditLog,
 }
 
 /// Method names inside signed device requests (part of the protocol).
@@ -54,6 +57,16 @@ fn details_out(c: &Challenge, now: i64) -> pb::ChallengeDetails {
         created_at_unix_ms: c.created_at,
         expires_at_unix_ms: c.expires_at,
         status: convert::status_out(c.status(now)),
+    }
+}
+
+fn outcome_label(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Approved => "approved",
+        Outcome::Denied(DenyReason::UserDenied) => "denied",
+        Outcome::Denied(DenyReason::FraudReported) => "fraud",
+        Outcome::Denied(DenyReason::NumberMismatch) => "number_mismatch",
+        Outcome::Cancelled => "cancelled",
     }
 }
 
@@ -97,7 +110,15 @@ impl DeviceApi {
             replay,
             max_devices_per_user,
             push_apps: Arc::new(PushAppCatalog::default()),
+            audit: AuditLog::disabled(),
         }
+    }
+
+    /// Records enrollments, answers (accepted and refused) and the guard's
+    /// escalations in the audit trail.
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// The push apps a device may be enrolled through (none: the built-in simulator).
@@ -191,6 +212,7 @@ impl DeviceApi {
     async fn complete_enrollment_inner(
         &self,
         req: pb::CompleteEnrollmentRequest,
+        source: String,
     ) -> Result<pb::CompleteEnrollmentResponse, ApiError> {
         if req.enrollment_token.is_empty() {
             return Err(ApiError::invalid("enrollment_token", "is required"));
@@ -274,6 +296,17 @@ impl DeviceApi {
         metrics::counter!(crate::metrics::DEVICES_ENROLLED, "tenant" => device.tenant_id.to_string())
             .increment(1);
         tracing::info!(tenant = %device.tenant_id, device_id = %device.id, "device enrolled");
+        self.audit.record(
+            AuditEntry::new(now, device.tenant_id.as_str(), AuditAction::DeviceEnrolled)
+                .user(&device.user_id)
+                .device(&device.id)
+                .actor(format!("device:{}", device.id))
+                .source(source)
+                .detail(format!(
+                    "{:?} {:?} key",
+                    device.platform, device.key_algorithm
+                )),
+        );
         Ok(pb::CompleteEnrollmentResponse {
             device_id: device.id.to_string(),
             tenant_id: device.tenant_id.to_string(),
@@ -284,6 +317,7 @@ impl DeviceApi {
     async fn respond_inner(
         &self,
         req: pb::RespondRequest,
+        source: String,
     ) -> Result<pb::RespondResponse, ApiError> {
         let device_id = DeviceId::parse(&req.device_id)?;
         let challenge_id = ChallengeId::parse(&req.challenge_id)?;
@@ -309,6 +343,21 @@ impl DeviceApi {
             .get_device(&device_id)
             .await?
             .ok_or_else(|| ApiError::Unauthenticated("unknown device: enroll again".into()))?;
+        // From here the device's tenant is known: a refused answer is on
+        // its audit trail, with the reason it was given.
+        let entry = |action: AuditAction| {
+            AuditEntry::new(now, device.tenant_id.as_str(), action)
+                .user(&device.user_id)
+                .device(&device.id)
+                .challenge(&challenge_id)
+                .actor(format!("device:{}", device.id))
+                .source(source.clone())
+        };
+        let refuse = |e: ApiError| {
+            self.audit
+                .record(entry(AuditAction::AnswerRefused).detail(e.summary()));
+            e
+        };
         let payload = AnswerPayload {
             challenge_id: challenge_id.as_str(),
             device_id: device_id.as_str(),
@@ -322,23 +371,28 @@ impl DeviceApi {
             .is_err()
         {
             crate::metrics::signature_failure("answer");
-            return Err(ApiError::Unauthenticated(
+            return Err(refuse(ApiError::Unauthenticated(
                 "answer signature does not verify with this device's key".into(),
-            ));
+            )));
         }
         if !device.is_active() {
-            return Err(ApiError::PermissionDenied(
+            return Err(refuse(ApiError::PermissionDenied(
                 "this device has been revoked; its answers are not accepted".into(),
-            ));
+            )));
         }
-        let challenge = self.challenge_for(&device, &challenge_id).await?;
+        let challenge = self
+            .challenge_for(&device, &challenge_id)
+            .await
+            .map_err(refuse)?;
         if req.context_hash != challenge.context_hash {
-            return Err(ApiError::invalid(
+            return Err(refuse(ApiError::invalid(
                 "context_hash",
                 "does not match the challenge: the app must sign exactly what it displayed",
-            ));
+            )));
         }
-        challenge.check_transition(now)?;
+        challenge
+            .check_transition(now)
+            .map_err(|e| refuse(e.into()))?;
 
         let outcome = match decision {
             Decision::Approve
@@ -363,15 +417,21 @@ impl DeviceApi {
         // Resolve and announce in a task of its own: if this call is
         // cancelled after the commit, watchers must still hear of it.
         let resolution_device = resolution.device_id.clone();
-        let (storage, queue, guard, id) = (
+        let (storage, queue, guard, id, audit) = (
             self.storage.clone(),
             self.queue.clone(),
             self.guard.clone(),
             challenge.id.clone(),
+            self.audit.clone(),
         );
+        let accepted = entry(AuditAction::AnswerAccepted);
         let span = tracing::Span::current();
         let resolved = tokio::spawn(tracing::Instrument::instrument(async move {
             let resolved = storage.resolve_challenge(&id, &resolution, now).await?;
+            audit.record(AuditEntry {
+                detail: format!("verdict: {}", outcome_label(outcome)),
+                ..accepted.clone()
+            });
             let _ = queue.publish_event(Event::Verdict {
                 tenant_id: resolved.tenant_id.clone(),
                 challenge_id: resolved.id.clone(),
@@ -407,6 +467,24 @@ impl DeviceApi {
                     }
                 };
                 for kind in kinds {
+                    let (action, detail) = match &kind {
+                        AuditKind::FraudReported { muted_until } => (
+                            AuditAction::FraudReported,
+                            format!("prompts muted until {muted_until} ms"),
+                        ),
+                        AuditKind::PromptsLocked { locked_until } => (
+                            AuditAction::PromptsLocked,
+                            format!("prompts locked until {locked_until} ms"),
+                        ),
+                        AuditKind::NumberMatchForced => {
+                            (AuditAction::NumberMatchForced, String::new())
+                        }
+                    };
+                    audit.record(AuditEntry {
+                        action,
+                        detail,
+                        ..accepted.clone()
+                    });
                     let _ = queue.publish_event(Event::Audit(AuditEvent {
                         tenant_id: resolved.tenant_id.clone(),
                         user_id: resolved.user_id.clone(),
@@ -420,19 +498,14 @@ impl DeviceApi {
             Ok::<_, StorageError>(resolved)
         }, span))
         .await
-        .map_err(|e| ApiError::Internal(format!("answer task failed: {e}")))??;
+        .map_err(|e| ApiError::Internal(format!("answer task failed: {e}")))?
+        // Another answer won the race, or the store refused: refused too.
+        .map_err(|e| refuse(e.into()))?;
         let status = resolved.status(now);
-        let outcome_label = match outcome {
-            Outcome::Approved => "approved",
-            Outcome::Denied(DenyReason::UserDenied) => "denied",
-            Outcome::Denied(DenyReason::FraudReported) => "fraud",
-            Outcome::Denied(DenyReason::NumberMismatch) => "number_mismatch",
-            Outcome::Cancelled => "cancelled",
-        };
         metrics::counter!(
             crate::metrics::CHALLENGES_RESOLVED,
             "tenant" => resolved.tenant_id.to_string(),
-            "outcome" => outcome_label
+            "outcome" => outcome_label(outcome)
         )
         .increment(1);
         metrics::histogram!(crate::metrics::TIME_TO_VERDICT)
@@ -459,8 +532,10 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         &self,
         request: Request<pb::CompleteEnrollmentRequest>,
     ) -> Result<Response<pb::CompleteEnrollmentResponse>, Status> {
+        let source = sesame_grpc::auth::source(&request);
         Ok(Response::new(
-            self.complete_enrollment_inner(request.into_inner()).await?,
+            self.complete_enrollment_inner(request.into_inner(), source)
+                .await?,
         ))
     }
 
@@ -519,8 +594,9 @@ impl pb::device_service_server::DeviceService for DeviceApi {
         &self,
         request: Request<pb::RespondRequest>,
     ) -> Result<Response<pb::RespondResponse>, Status> {
+        let source = sesame_grpc::auth::source(&request);
         Ok(Response::new(
-            self.respond_inner(request.into_inner()).await?,
+            self.respond_inner(request.into_inner(), source).await?,
         ))
     }
 }

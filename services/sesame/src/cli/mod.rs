@@ -2,6 +2,7 @@
 //! (`device`), both at once (`demo`), and the operator's (`tenant`, `apikey`).
 
 pub mod admin;
+pub mod audit;
 pub mod demo;
 pub mod device;
 pub mod tenant;

@@ -74,13 +74,7 @@ impl AuditLog {
             }
             .run(rx, stopping),
         );
-        (
-            AuditLog {
-                tx: Some(tx),
-                lost,
-            },
-            AuditWriter { stop, task },
-        )
+        (AuditLog { tx: Some(tx), lost }, AuditWriter { stop, task })
     }
 
     /// Records an entry; never waits. Dropped (and counted) only when the
@@ -93,7 +87,11 @@ impl AuditLog {
             metrics::lost(1);
             // Logged once per thousand, not per entry: the store is down
             // and the log must not drown too.
-            if self.lost.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+            if self
+                .lost
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(1000)
+            {
                 tracing::error!(
                     lost = self.lost.load(Ordering::Relaxed),
                     "audit buffer full: audit entries are being dropped (is the store failing?)"
@@ -130,7 +128,11 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<AuditEntry>, mut stopping: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<AuditEntry>,
+        mut stopping: watch::Receiver<bool>,
+    ) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             let stop = *stopping.borrow();
@@ -154,13 +156,16 @@ impl Writer {
         let mut records: Vec<AuditRecord> = Vec::with_capacity(entries.len());
         let mut touched = Vec::new();
         for entry in entries {
-            let chain = self.chains.entry(entry.tenant_id.clone()).or_insert_with(|| {
-                Chainer::new(
-                    chain_id(&entry.tenant_id, &self.writer),
-                    entry.tenant_id.clone(),
-                    at,
-                )
-            });
+            let chain = self
+                .chains
+                .entry(entry.tenant_id.clone())
+                .or_insert_with(|| {
+                    Chainer::new(
+                        chain_id(&entry.tenant_id, &self.writer),
+                        entry.tenant_id.clone(),
+                        at,
+                    )
+                });
             if !touched.contains(&entry.tenant_id) {
                 touched.push(entry.tenant_id.clone());
             }
@@ -234,7 +239,9 @@ mod tests {
     #[tokio::test]
     async fn entries_are_chained_per_tenant_stored_and_verifiable() {
         let storage = Arc::new(MemStorage::new());
-        let queue = Arc::new(sesame_queue::MemQueue::new(sesame_queue::MemQueueConfig::default()));
+        let queue = Arc::new(sesame_queue::MemQueue::new(
+            sesame_queue::MemQueueConfig::default(),
+        ));
         let (log, writer) = AuditLog::start(storage.clone(), queue, "w1".into());
         for i in 0..500 {
             log.record(entry(if i % 3 == 0 { "bank-a" } else { "bank-b" }, i));
@@ -255,6 +262,9 @@ mod tests {
             to: i64::MAX,
             ..AuditQuery::default()
         };
-        assert_eq!(storage.query_audit(&a, &all, 1000).await.unwrap().len(), 167);
+        assert_eq!(
+            storage.query_audit(&a, &all, 1000).await.unwrap().len(),
+            167
+        );
     }
 }

@@ -293,14 +293,35 @@ pub enum ChainProblem {
 impl std::fmt::Display for ChainProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ChainProblem::Edited { seq } => write!(f, "record {seq} was edited (its hash does not match its contents)"),
-            ChainProblem::Missing { from, to } if from == to => write!(f, "record {from} is missing"),
+            ChainProblem::Edited { seq } => write!(
+                f,
+                "record {seq} was edited (its hash does not match its contents)"
+            ),
+            ChainProblem::Missing { from, to } if from == to => {
+                write!(f, "record {from} is missing")
+            }
             ChainProblem::Missing { from, to } => write!(f, "records {from}..={to} are missing"),
-            ChainProblem::Broken { seq } => write!(f, "record {seq} does not follow the record before it (reordered or replaced)"),
-            ChainProblem::Misplaced { seq } => write!(f, "record {seq} belongs to another chain or tenant"),
-            ChainProblem::Truncated { last: Some(l), head } => write!(f, "chain ends at record {l} but its head says {head}: the tail was dropped"),
-            ChainProblem::Truncated { last: None, head } => write!(f, "chain is empty but its head says {head}: every record was dropped"),
-            ChainProblem::HeadMismatch { seq } => write!(f, "record {seq} is not the record the chain's head names"),
+            ChainProblem::Broken { seq } => write!(
+                f,
+                "record {seq} does not follow the record before it (reordered or replaced)"
+            ),
+            ChainProblem::Misplaced { seq } => {
+                write!(f, "record {seq} belongs to another chain or tenant")
+            }
+            ChainProblem::Truncated {
+                last: Some(l),
+                head,
+            } => write!(
+                f,
+                "chain ends at record {l} but its head says {head}: the tail was dropped"
+            ),
+            ChainProblem::Truncated { last: None, head } => write!(
+                f,
+                "chain is empty but its head says {head}: every record was dropped"
+            ),
+            ChainProblem::HeadMismatch { seq } => {
+                write!(f, "record {seq} is not the record the chain's head names")
+            }
         }
     }
 }
@@ -451,14 +472,26 @@ mod tests {
         records[1] = AuditRecord { seq: 1, ..b };
         records[3] = AuditRecord { seq: 3, ..a };
         let problems = verify_chain(&c.chain, &records, c.head().as_ref());
-        assert!(problems.contains(&ChainProblem::Edited { seq: 1 }), "{problems:?}");
-        assert!(problems.contains(&ChainProblem::Edited { seq: 3 }), "{problems:?}");
+        assert!(
+            problems.contains(&ChainProblem::Edited { seq: 1 }),
+            "{problems:?}"
+        );
+        assert!(
+            problems.contains(&ChainProblem::Edited { seq: 3 }),
+            "{problems:?}"
+        );
         // Records moved with their positions: each link breaks.
         let (_, mut records) = chain_of(5);
         records.swap(1, 3);
         let problems = verify_chain(&c.chain, &records, None);
-        assert!(problems.contains(&ChainProblem::Missing { from: 1, to: 2 }), "{problems:?}");
-        assert!(problems.contains(&ChainProblem::Broken { seq: 1 }), "{problems:?}");
+        assert!(
+            problems.contains(&ChainProblem::Missing { from: 1, to: 2 }),
+            "{problems:?}"
+        );
+        assert!(
+            problems.contains(&ChainProblem::Broken { seq: 1 }),
+            "{problems:?}"
+        );
     }
 
     #[test]
@@ -468,7 +501,10 @@ mod tests {
         let r = &mut records[1];
         r.hash = record_hash(&r.chain, r.seq, &r.prev, &r.entry);
         let problems = verify_chain(&c.chain, &records, None);
-        assert!(problems.contains(&ChainProblem::Misplaced { seq: 1 }), "{problems:?}");
+        assert!(
+            problems.contains(&ChainProblem::Misplaced { seq: 1 }),
+            "{problems:?}"
+        );
     }
 
     #[test]
@@ -480,9 +516,16 @@ mod tests {
         let back: AuditRecord = serde_json::from_str(&json).unwrap();
         assert_eq!(back, records[1]);
         // Moving bytes from one field to the next changes the hash.
-        let a = AuditEntry::new(1, "t", AuditAction::PushSent).user("ab").device("c");
-        let b = AuditEntry::new(1, "t", AuditAction::PushSent).user("a").device("bc");
-        assert_ne!(record_hash("t/w", 0, &GENESIS, &a), record_hash("t/w", 0, &GENESIS, &b));
+        let a = AuditEntry::new(1, "t", AuditAction::PushSent)
+            .user("ab")
+            .device("c");
+        let b = AuditEntry::new(1, "t", AuditAction::PushSent)
+            .user("a")
+            .device("bc");
+        assert_ne!(
+            record_hash("t/w", 0, &GENESIS, &a),
+            record_hash("t/w", 0, &GENESIS, &b)
+        );
         for a in AuditAction::ALL {
             assert_eq!(AuditAction::parse(a.as_str()), Some(a));
         }

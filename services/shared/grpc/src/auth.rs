@@ -161,3 +161,62 @@ pub fn bearer<'a>(md: &'a MetadataMap, what: &str) -> Result<&'a str, ApiError> 
         .ok_or_else(|| ApiError::Unauthenticated("authorization must be `Bearer <key>`".into()))?;
     Ok(key.trim())
 }
+
+/// Where a call came from, for the audit trail: the peer address and, over
+/// mTLS, the client certificate's identity.
+pub fn source<T>(request: &tonic::Request<T>) -> String {
+    let addr = request
+        .remote_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    match request.extensions().get::<Arc<PeerInfo>>() {
+        Some(p) => format!("{addr} {}", p.describe()),
+        None => addr,
+    }
+}
+
+/// The id of the API key a call presented (never its secret), for the
+/// audit trail; empty when there is none that parses.
+pub fn key_id<T>(request: &tonic::Request<T>) -> String {
+    bearer(request.metadata(), "")
+        .ok()
+        .and_then(apikey::parse)
+        .map(|(id, _)| format!("key:{id}"))
+        .unwrap_or_default()
+}
+
+/// Who made a call and from where, as the audit trail records it.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub actor: String,
+    pub source: String,
+}
+
+impl Origin {
+    /// A tenant API call: its key id and peer.
+    pub fn of<T>(request: &tonic::Request<T>) -> Origin {
+        Origin {
+            actor: key_id(request),
+            source: source(request),
+        }
+    }
+
+    /// An admin API call (one admin key: the actor is "admin").
+    pub fn admin<T>(request: &tonic::Request<T>) -> Origin {
+        Origin {
+            actor: "admin".into(),
+            source: source(request),
+        }
+    }
+
+    /// A new entry for `tenant`, stamped now, with this origin.
+    pub fn entry(
+        &self,
+        tenant: &str,
+        action: sesame_core::audit::AuditAction,
+    ) -> sesame_core::audit::AuditEntry {
+        sesame_core::audit::AuditEntry::new(now_ms(), tenant, action)
+            .actor(self.actor.clone())
+            .source(self.source.clone())
+    }
+}

@@ -199,3 +199,50 @@ mod tests {
         assert!(context_in(None).is_err());
     }
 }
+
+pub fn audit_record_out(r: &sesame_core::audit::AuditRecord) -> pb::AuditRecord {
+    let e = &r.entry;
+    pb::AuditRecord {
+        chain: r.chain.clone(),
+        seq: r.seq,
+        prev: r.prev.to_vec(),
+        hash: r.hash.to_vec(),
+        at_unix_ms: e.at,
+        tenant_id: e.tenant_id.clone(),
+        action: e.action.as_str().to_owned(),
+        user_id: e.user_id.clone(),
+        device_id: e.device_id.clone(),
+        challenge_id: e.challenge_id.clone(),
+        actor: e.actor.clone(),
+        source: e.source.clone(),
+        detail: e.detail.clone(),
+    }
+}
+
+/// The record as the server sent it, for verification; `Err` names the
+/// field that cannot be a record's.
+pub fn audit_record_in(r: pb::AuditRecord) -> Result<sesame_core::audit::AuditRecord, String> {
+    let hash32 = |field: &str, b: Vec<u8>| -> Result<[u8; 32], String> {
+        b.try_into()
+            .map_err(|b: Vec<u8>| format!("{field} is {} bytes, not 32", b.len()))
+    };
+    let action = sesame_core::audit::AuditAction::parse(&r.action)
+        .ok_or_else(|| format!("unknown action {:?}", r.action))?;
+    Ok(sesame_core::audit::AuditRecord {
+        chain: r.chain,
+        seq: r.seq,
+        prev: hash32("prev", r.prev)?,
+        hash: hash32("hash", r.hash)?,
+        entry: sesame_core::audit::AuditEntry {
+            at: r.at_unix_ms,
+            tenant_id: r.tenant_id,
+            action,
+            user_id: r.user_id,
+            device_id: r.device_id,
+            challenge_id: r.challenge_id,
+            actor: r.actor,
+            source: r.source,
+            detail: r.detail,
+        },
+    })
+}

@@ -46,6 +46,25 @@ impl ApiError {
     pub fn invalid(field: &str, message: impl std::fmt::Display) -> Self {
         ApiError::Invalid(format!("{field}: {message}"))
     }
+
+    /// The status code's name and the message a caller sees, e.g. for the
+    /// audit trail (an internal error's details stay in the log).
+    pub fn summary(&self) -> String {
+        match self {
+            ApiError::Invalid(m) => format!("invalid_argument: {m}"),
+            ApiError::Unauthenticated(m) => format!("unauthenticated: {m}"),
+            ApiError::PermissionDenied(m) => format!("permission_denied: {m}"),
+            ApiError::NotFound(what) => format!("not_found: {what} not found"),
+            ApiError::FailedPrecondition(m) => format!("failed_precondition: {m}"),
+            ApiError::AlreadyExists(m) => format!("already_exists: {m}"),
+            ApiError::ResourceExhausted(m) => format!("resource_exhausted: {m}"),
+            ApiError::Limited {
+                message, reason, ..
+            } => format!("resource_exhausted ({reason}): {message}"),
+            ApiError::Unavailable(m) => format!("unavailable: {m}"),
+            ApiError::Internal(_) => "internal".into(),
+        }
+    }
 }
 
 impl From<ValidationError> for ApiError {

@@ -26,6 +26,10 @@ pub use mem::{MemQueue, MemQueueConfig};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushJob {
     pub tenant_id: TenantId,
+    /// The tenant's id of the user (for the audit trail); empty in jobs
+    /// queued before it was carried.
+    #[serde(default)]
+    pub user_id: String,
     pub device_id: DeviceId,
     pub challenge_id: ChallengeId,
     pub platform: Platform,

@@ -187,6 +187,7 @@ mod tests {
     fn job() -> PushJob {
         PushJob {
             tenant_id: TenantId::parse("t").unwrap(),
+            user_id: String::new(),
             device_id: DeviceId::generate(),
             challenge_id: ChallengeId::generate(),
             platform: Platform::Android,

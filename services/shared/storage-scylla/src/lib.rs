@@ -64,7 +64,8 @@ const DAY_MS: i64 = 86_400_000;
 
 /// A chain position as CQL's signed bigint.
 fn seq_value(seq: u64) -> Result<i64> {
-    i64::try_from(seq).map_err(|_| StorageError::Backend(format!("audit position {seq} out of range")))
+    i64::try_from(seq)
+        .map_err(|_| StorageError::Backend(format!("audit position {seq} out of range")))
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(table: &str, bytes: &[u8]) -> Result<T> {
@@ -1625,10 +1626,22 @@ impl Storage for ScyllaStorage {
             let day = at.div_euclid(DAY_MS);
             writes.push((
                 &self.st.put_audit_record,
-                vec![text(&r.chain), big(seq / AUDIT_BLOCK), big(seq), blob(json.clone())],
+                vec![
+                    text(&r.chain),
+                    big(seq / AUDIT_BLOCK),
+                    big(seq),
+                    blob(json.clone()),
+                ],
             ));
             let position = |first: Value, second: Value| {
-                vec![first, second, big(at), text(&r.chain), big(seq), blob(json.clone())]
+                vec![
+                    first,
+                    second,
+                    big(at),
+                    text(&r.chain),
+                    big(seq),
+                    blob(json.clone()),
+                ]
             };
             writes.push((
                 &self.st.put_audit_by_time,
@@ -1663,11 +1676,7 @@ impl Storage for ScyllaStorage {
             .await
     }
 
-    async fn list_audit_chains(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<ChainHead>> {
+    async fn list_audit_chains(&self, after: Option<&str>, limit: usize) -> Result<Vec<ChainHead>> {
         let limit = int(i32::try_from(limit).unwrap_or(i32::MAX));
         let rows = match after {
             None => {
@@ -1765,7 +1774,12 @@ impl Storage for ScyllaStorage {
                 )
                 .await?
                 .into_iter()
-                .map(|(day,)| (&self.st.audit_by_time, vec![text(tenant.as_str()), big(day)]))
+                .map(|(day,)| {
+                    (
+                        &self.st.audit_by_time,
+                        vec![text(tenant.as_str()), big(day)],
+                    )
+                })
                 .collect()
             }
         };

@@ -813,11 +813,7 @@ impl Storage for EmbeddedStorage {
         .await
     }
 
-    async fn list_audit_chains(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<ChainHead>> {
+    async fn list_audit_chains(&self, after: Option<&str>, limit: usize) -> Result<Vec<ChainHead>> {
         let txn = self.db.begin_read().map_err(backend)?;
         let table = txn.open_table(AUDIT_HEADS).map_err(backend)?;
         let range = match after {

@@ -205,8 +205,7 @@ pub trait Storage: Send + Sync + 'static {
     async fn append_audit(&self, records: &[AuditRecord], heads: &[ChainHead]) -> Result<()>;
     /// Up to `limit` chain heads after the chain id `after`, by chain id
     /// (by token on ScyllaDB), of every tenant.
-    async fn list_audit_chains(&self, after: Option<&str>, limit: usize)
-        -> Result<Vec<ChainHead>>;
+    async fn list_audit_chains(&self, after: Option<&str>, limit: usize) -> Result<Vec<ChainHead>>;
     /// Up to `limit` records of one chain from position `from_seq` on, in
     /// order of position.
     async fn read_audit_chain(

@@ -317,11 +317,7 @@ impl Storage for MemStorage {
         Ok(())
     }
 
-    async fn list_audit_chains(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<ChainHead>> {
+    async fn list_audit_chains(&self, after: Option<&str>, limit: usize) -> Result<Vec<ChainHead>> {
         let inner = self.lock()?;
         Ok(inner
             .audit_heads

@@ -246,11 +246,7 @@ impl Storage for MeteredStorage {
             .await
     }
 
-    async fn list_audit_chains(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<ChainHead>> {
+    async fn list_audit_chains(&self, after: Option<&str>, limit: usize) -> Result<Vec<ChainHead>> {
         self.timed(
             "list_audit_chains",
             self.inner.list_audit_chains(after, limit),

@@ -697,7 +697,10 @@ pub async fn audit_chains_read_back_in_order(s: Store) {
         // Read in pages of 4: positions continue where the page ended.
         let mut got = Vec::new();
         loop {
-            let page = s.read_audit_chain(&c.chain, got.len() as u64, 4).await.unwrap();
+            let page = s
+                .read_audit_chain(&c.chain, got.len() as u64, 4)
+                .await
+                .unwrap();
             let n = page.len();
             got.extend(page);
             if n < 4 {
@@ -725,7 +728,11 @@ pub async fn audit_chains_read_back_in_order(s: Store) {
         assert_eq!(listed.iter().filter(|h| h.chain == c.chain).count(), 1);
         assert!(listed.contains(&head), "{} not at its latest head", c.chain);
     }
-    assert!(s.read_audit_chain("nobody/none", 0, 10).await.unwrap().is_empty());
+    assert!(s
+        .read_audit_chain("nobody/none", 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 pub async fn audit_queries_by_user_challenge_and_time(s: Store) {
