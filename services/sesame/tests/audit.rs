@@ -352,6 +352,9 @@ fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
+/// One way of tampering with the audit table.
+type Edit = Box<dyn FnOnce(&mut redb::Table<&'static [u8], &'static [u8]>)>;
+
 type Audit = redb::TableDefinition<'static, &'static [u8], &'static [u8]>;
 const AUDIT: Audit = redb::TableDefinition::new("audit");
 
@@ -424,11 +427,7 @@ async fn an_edited_a_dropped_and_a_reordered_record_are_caught_in_the_store() {
     assert!(records.len() >= 6, "{records:#?}");
 
     // Three copies of the store, each tampered with one way.
-    let cases: [(
-        &str,
-        Box<dyn FnOnce(&mut redb::Table<&'static [u8], &'static [u8]>)>,
-        &str,
-    ); 3] = [
+    let cases: [(&str, Edit, &str); 3] = [
         (
             "edited",
             Box::new({
