@@ -167,39 +167,6 @@ pub fn context_out(ctx: &m::ChallengeContext) -> pb::ChallengeContext {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unknown_enums_are_refused() {
-        assert!(platform_in(0).is_err());
-        assert!(platform_in(99).is_err());
-        assert!(key_algorithm_in(7).is_err());
-        assert!(decision_in(0).is_err());
-        assert!(number_match_in(42).is_err());
-        assert_eq!(number_match_in(0).unwrap(), m::NumberMatchMode::Enter);
-    }
-
-    #[test]
-    fn context_roundtrip() {
-        let ctx = m::ChallengeContext {
-            client_name: "Bank".into(),
-            action: m::Action::Transaction,
-            transaction: Some(m::Transaction {
-                amount: "1.00".into(),
-                currency: "EUR".into(),
-                payee: "Shop".into(),
-            }),
-            ip_address: "::1".into(),
-            location: "Gent".into(),
-            binding_message: "hello".into(),
-        };
-        assert_eq!(context_in(Some(context_out(&ctx))).unwrap(), ctx);
-        assert!(context_in(None).is_err());
-    }
-}
-
 pub fn audit_record_out(r: &sesame_core::audit::AuditRecord) -> pb::AuditRecord {
     let e = &r.entry;
     pb::AuditRecord {
@@ -245,4 +212,37 @@ pub fn audit_record_in(r: pb::AuditRecord) -> Result<sesame_core::audit::AuditRe
             detail: r.detail,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_enums_are_refused() {
+        assert!(platform_in(0).is_err());
+        assert!(platform_in(99).is_err());
+        assert!(key_algorithm_in(7).is_err());
+        assert!(decision_in(0).is_err());
+        assert!(number_match_in(42).is_err());
+        assert_eq!(number_match_in(0).unwrap(), m::NumberMatchMode::Enter);
+    }
+
+    #[test]
+    fn context_roundtrip() {
+        let ctx = m::ChallengeContext {
+            client_name: "Bank".into(),
+            action: m::Action::Transaction,
+            transaction: Some(m::Transaction {
+                amount: "1.00".into(),
+                currency: "EUR".into(),
+                payee: "Shop".into(),
+            }),
+            ip_address: "::1".into(),
+            location: "Gent".into(),
+            binding_message: "hello".into(),
+        };
+        assert_eq!(context_in(Some(context_out(&ctx))).unwrap(), ctx);
+        assert!(context_in(None).is_err());
+    }
 }
