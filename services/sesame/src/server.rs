@@ -366,6 +366,9 @@ impl Sesame {
             storage.clone(),
             queue.clone(),
             format!("{instance}-{:x}", now_ms()),
+            // A dispatcher alone has no store (see `open`): its records
+            // go to the queue's audit topic only.
+            roles.challenge || roles.verifier || roles.ratelimit,
         );
         let quotas = Arc::new(TenantLimiter::new(
             instance,

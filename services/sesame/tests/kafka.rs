@@ -478,6 +478,72 @@ async fn full_logins_through_kafka_with_two_dispatcher_processes() {
     for i in 1..=2 {
         assert!(!cluster.dir.path().join(format!("dispatcher-{i}")).exists());
     }
+
+    // The audit topic holds every process's records, the dispatchers' push
+    // outcomes included (they have no store of their own), in chains that
+    // verify.
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message;
+    let reader: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cluster.brokers)
+        .set("group.id", "test-audit-topic")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    reader.subscribe(&["sesame.audit"]).expect("subscribe");
+    let mut chains: std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<u64, sesame_core::audit::AuditRecord>,
+    > = Default::default();
+    let count = |chains: &std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<u64, sesame_core::audit::AuditRecord>,
+    >,
+                 action: &str| {
+        chains
+            .values()
+            .flat_map(|c| c.values())
+            .filter(|r| r.entry.action.as_str() == action)
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while count(&chains, "push_sent") < 8 || count(&chains, "answer_accepted") < 8 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "audit topic incomplete after 60 s: {chains:#?}"
+        );
+        let Ok(m) = tokio::time::timeout(Duration::from_secs(5), reader.recv()).await else {
+            continue;
+        };
+        let m = m.expect("audit message");
+        let r: sesame_core::audit::AuditRecord =
+            serde_json::from_slice(m.payload().expect("payload")).expect("an audit record");
+        assert_eq!(m.key(), Some(r.chain.as_bytes()), "keyed by chain");
+        chains.entry(r.chain.clone()).or_default().insert(r.seq, r);
+    }
+    let pushes: HashSet<&str> = chains
+        .iter()
+        .filter(|(_, c)| c.values().any(|r| r.entry.action.as_str() == "push_sent"))
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let created: HashSet<&str> = chains
+        .iter()
+        .filter(|(_, c)| {
+            c.values()
+                .any(|r| r.entry.action.as_str() == "challenge_created")
+        })
+        .map(|(id, _)| id.as_str())
+        .collect();
+    assert!(
+        pushes.is_disjoint(&created),
+        "push outcomes come from the dispatchers' chains"
+    );
+    for (id, c) in &chains {
+        let records: Vec<_> = c.values().cloned().collect();
+        let problems = sesame_core::audit::verify_chain(id, &records, None);
+        assert!(problems.is_empty(), "{id}: {problems:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

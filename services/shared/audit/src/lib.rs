@@ -7,7 +7,8 @@
 //! process start: `<tenant>/<writer>`, see [`sesame_core::audit`]), stores
 //! each batch with the chains' new heads through [`Storage::append_audit`],
 //! retrying until it is stored, then copies it to the queue's audit topic
-//! for a SIEM ([`Queue::publish_audit`]).
+//! for a SIEM ([`Queue::publish_audit`]). A dispatcher running alone has
+//! no store: its records (push outcomes) go to the audit topic only.
 //!
 //! What can be lost, and how it shows: entries still in the buffer when the
 //! process dies (at most one batch interval's worth) are gone without a
@@ -54,11 +55,14 @@ impl AuditLog {
     }
 
     /// Starts this process's writer; `writer` names its chains (unique per
-    /// process start). Stop it with [`AuditWriter::shutdown`].
+    /// process start). With `store` false (a process without a store of its
+    /// own: a dispatcher alone) records only go to the queue's audit topic.
+    /// Stop it with [`AuditWriter::shutdown`].
     pub fn start(
         storage: Arc<dyn Storage>,
         queue: Arc<dyn Queue>,
         writer: String,
+        store: bool,
     ) -> (AuditLog, AuditWriter) {
         metrics::describe();
         let (tx, rx) = mpsc::channel(BUFFER);
@@ -69,6 +73,7 @@ impl AuditLog {
                 storage,
                 queue,
                 writer,
+                store,
                 chains: HashMap::new(),
                 lost: lost.clone(),
             }
@@ -123,6 +128,7 @@ struct Writer {
     storage: Arc<dyn Storage>,
     queue: Arc<dyn Queue>,
     writer: String,
+    store: bool,
     chains: HashMap<String, Chainer>,
     lost: Arc<AtomicU64>,
 }
@@ -175,29 +181,8 @@ impl Writer {
             .iter()
             .filter_map(|t| self.chains.get(t).and_then(Chainer::head))
             .collect();
-        // The records are chained already: they must be stored, or the
-        // chain has a hole the writer made. Retry until stored; during
-        // shutdown the caller bounds how long.
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match self.storage.append_audit(&records, &heads).await {
-                Ok(()) => break,
-                Err(e) => {
-                    metrics::write_error("storage");
-                    tracing::warn!(error = %e, records = records.len(), "audit batch not stored; retrying");
-                    if *stopping.borrow() && backoff >= Duration::from_secs(1) {
-                        tracing::error!(
-                            records = records.len(),
-                            "audit batch not stored before shutdown: lost"
-                        );
-                        self.lost.fetch_add(records.len() as u64, Ordering::Relaxed);
-                        metrics::lost(records.len() as u64);
-                        return;
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
+        if self.store && !self.persist(&records, &heads, stopping).await {
+            return;
         }
         let mut by_action: HashMap<&'static str, u64> = HashMap::new();
         for r in &records {
@@ -224,6 +209,40 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// The records are chained already: they must be stored, or the chain
+    /// has a hole the writer made. Retries until stored; during shutdown
+    /// it gives up after a few tries (the caller bounds the wait too).
+    async fn persist(
+        &self,
+        records: &[AuditRecord],
+        heads: &[sesame_core::audit::ChainHead],
+        stopping: &watch::Receiver<bool>,
+    ) -> bool {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.storage.append_audit(records, heads).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    metrics::write_error("storage");
+                    tracing::warn!(error = %e, records = records.len(), "audit batch not stored; retrying");
+                    if *stopping.borrow() && backoff >= Duration::from_secs(1) {
+                        tracing::error!(
+                            records = records.len(),
+                            "audit batch not stored before shutdown: lost"
+                        );
+                        self.lost.fetch_add(records.len() as u64, Ordering::Relaxed);
+                        metrics::lost(records.len() as u64);
+                        return false;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -242,7 +261,7 @@ mod tests {
         let queue = Arc::new(sesame_queue::MemQueue::new(
             sesame_queue::MemQueueConfig::default(),
         ));
-        let (log, writer) = AuditLog::start(storage.clone(), queue, "w1".into());
+        let (log, writer) = AuditLog::start(storage.clone(), queue, "w1".into(), true);
         for i in 0..500 {
             log.record(entry(if i % 3 == 0 { "bank-a" } else { "bank-b" }, i));
         }
