@@ -171,6 +171,14 @@ fn key3(a: &str, b: &str, c: &str) -> Vec<u8> {
     k
 }
 
+/// Which audit index a key goes to.
+#[derive(Clone, Copy)]
+enum AuditIndex {
+    Time,
+    User,
+    Challenge,
+}
+
 fn audit_key(chain: &str, seq: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(chain.len() + 9);
     k.extend_from_slice(chain.as_bytes());
@@ -781,14 +789,14 @@ impl Storage for EmbeddedStorage {
         let mut rows = Vec::with_capacity(records.len());
         for r in records {
             let e = &r.entry;
-            let mut index = vec![(AUDIT_BY_TIME, e.tenant_id.as_bytes().to_vec())];
+            let mut index = vec![(AuditIndex::Time, e.tenant_id.as_bytes().to_vec())];
             if !e.user_id.is_empty() {
-                index.push((AUDIT_BY_USER, key2(&e.tenant_id, &e.user_id)));
+                index.push((AuditIndex::User, key2(&e.tenant_id, &e.user_id)));
             }
             if !e.challenge_id.is_empty() {
-                index.push((AUDIT_BY_CHALLENGE, key2(&e.tenant_id, &e.challenge_id)));
+                index.push((AuditIndex::Challenge, key2(&e.tenant_id, &e.challenge_id)));
             }
-            let index: Vec<(Table, Vec<u8>)> = index
+            let index: Vec<(AuditIndex, Vec<u8>)> = index
                 .into_iter()
                 .map(|(t, p)| (t, audit_index_key(&p, e.at, &r.chain, r.seq)))
                 .collect();
@@ -799,14 +807,27 @@ impl Storage for EmbeddedStorage {
             head_rows.push((h.chain.as_bytes().to_vec(), encode(h)?));
         }
         self.write(move |txn| {
+            // Each table opened once for the whole batch.
+            let mut records = txn.open_table(AUDIT).map_err(backend)?;
+            let mut by_time = txn.open_table(AUDIT_BY_TIME).map_err(backend)?;
+            let mut by_user = txn.open_table(AUDIT_BY_USER).map_err(backend)?;
+            let mut by_challenge = txn.open_table(AUDIT_BY_CHALLENGE).map_err(backend)?;
+            let mut heads = txn.open_table(AUDIT_HEADS).map_err(backend)?;
             for (key, value, index) in &rows {
-                put_in(txn, AUDIT, key, value)?;
+                records
+                    .insert(key.as_slice(), value.as_slice())
+                    .map_err(backend)?;
                 for (table, k) in index {
-                    put_in(txn, *table, k, &[])?;
+                    let t = match *table {
+                        AuditIndex::Time => &mut by_time,
+                        AuditIndex::User => &mut by_user,
+                        AuditIndex::Challenge => &mut by_challenge,
+                    };
+                    t.insert(k.as_slice(), [].as_slice()).map_err(backend)?;
                 }
             }
             for (k, v) in &head_rows {
-                put_in(txn, AUDIT_HEADS, k, v)?;
+                heads.insert(k.as_slice(), v.as_slice()).map_err(backend)?;
             }
             Ok(())
         })
