@@ -586,3 +586,30 @@ async fn fcm_unknown_service_account_and_oversized_message_are_not_retried() {
     ));
     assert_eq!(f.control.received(), 0);
 }
+
+/// Someone answering at APNs' address without a certificate the client
+/// trusts (here: the simulator, its CA not given) gets no push: the TLS
+/// handshake fails, the outcome is a retry naming the certificate, and
+/// nothing reached the server.
+#[tokio::test]
+async fn a_server_with_an_untrusted_certificate_gets_no_push() {
+    let a = Apns::start().await;
+    let c = ApnsClient::new(ApnsConfig {
+        tls: TlsOptions {
+            extra_ca_pem: None,
+            client_identity_pem: None,
+        },
+        ..a.config(&a.key)
+    })
+    .unwrap();
+    match c.send(&job(Platform::Ios, GOOD), now_ms()).await {
+        PushOutcome::Retry { reason, .. } => {
+            assert!(
+                reason.to_lowercase().contains("certificate"),
+                "the refusal names the certificate: {reason}"
+            );
+        }
+        other => panic!("expected a refused handshake, got {other:?}"),
+    }
+    assert!(a.control.last().is_none(), "the server saw a request");
+}

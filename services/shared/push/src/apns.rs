@@ -185,6 +185,20 @@ pub const REASONS: &[(&str, ReasonClass)] = &[
     ("Shutdown", ReasonClass::Retry),
 ];
 
+/// What an APNs error answer means: its class, metric label and reason,
+/// read from bytes the server chose (any status but 200, any body). A
+/// body that is not APNs' JSON falls back on the status alone; the reason
+/// shown is at most 64 characters of it.
+pub fn read_error(status: u16, body: &[u8]) -> (ReasonClass, &'static str, String) {
+    let reason: String = serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .and_then(|b| b.reason)
+        .map(|r| r.chars().take(64).collect())
+        .unwrap_or_else(|| format!("HTTP {status}"));
+    let (class, label) = classify(status, &reason);
+    (class, label, reason)
+}
+
 /// The class and metric label of `reason` under HTTP `status`.
 pub fn classify(status: u16, reason: &str) -> (ReasonClass, &'static str) {
     if let Some((label, class)) = REASONS.iter().find(|(r, _)| *r == reason) {
@@ -333,11 +347,7 @@ impl ApnsClient {
             }
             let after = retry_after(resp.headers());
             let body = resp.bytes().await.unwrap_or_default();
-            let reason = serde_json::from_slice::<ErrorBody>(&body)
-                .ok()
-                .and_then(|b| b.reason)
-                .unwrap_or_else(|| format!("HTTP {status}"));
-            let (class, label) = classify(status, &reason);
+            let (class, label, reason) = read_error(status, &body);
             metrics::response("apns", label);
             if label == "other" {
                 tracing::warn!(status, %reason, "APNs answered with a reason Sesame does not know");

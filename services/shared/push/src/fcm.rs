@@ -303,89 +303,121 @@ impl FcmClient {
             }
             let after = retry_after(resp.headers());
             let bytes = resp.bytes().await.unwrap_or_default();
-            let parsed = serde_json::from_slice::<ErrorEnvelope>(&bytes)
-                .ok()
-                .map(|e| e.error);
-            let (code, violations, message) = match &parsed {
-                Some(b) => (error_code(b), field_violations(b), b.message.clone()),
-                None => (
-                    None,
-                    Vec::new(),
-                    String::from_utf8_lossy(&bytes).chars().take(200).collect(),
-                ),
-            };
-            let status_name = parsed.as_ref().map(|b| b.status.as_str()).unwrap_or("");
-            let shown = code.as_deref().unwrap_or(status_name);
-            let metric = if shown.is_empty() {
-                "other"
-            } else {
-                label(shown)
-            };
+            let (reply, metric, detail) = read_error(status, after, &bytes, refreshed);
             metrics::response("fcm", metric);
-            let detail = format!("FCM {status} {shown}: {message}");
-            match (status, code.as_deref()) {
-                // A plain 401: our access token is no longer accepted.
-                (401, None) if !refreshed => {
+            match reply {
+                FcmReply::NewAccessToken => {
                     self.forget(&token);
                     continue;
                 }
-                (_, Some("UNREGISTERED")) => return PushOutcome::DeadToken,
-                (_, Some("SENDER_ID_MISMATCH")) => {
-                    tracing::warn!(device_id = %job.device_id, "FCM token belongs to another sender: push disabled for the device");
-                    return PushOutcome::DeadToken;
-                }
-                (_, Some("INVALID_ARGUMENT")) => {
-                    // Field violations on anything but the token mean we
-                    // built the message wrong; otherwise the token is bad.
-                    let ours: Vec<&String> = violations
-                        .iter()
-                        .filter(|f| *f != "message.token")
-                        .collect();
-                    if ours.is_empty() {
-                        return PushOutcome::DeadToken;
+                FcmReply::Outcome(outcome) => {
+                    if matches!(outcome, PushOutcome::Misconfigured { .. }) {
+                        tracing::error!(%detail, project = %self.account.project_id, "FCM refuses this app's pushes: check its service account and Firebase settings");
                     }
-                    return PushOutcome::Failed {
-                        reason: format!("{detail} (fields: {ours:?})"),
-                    };
+                    return outcome;
                 }
-                (_, Some("QUOTA_EXCEEDED")) => {
-                    return PushOutcome::Retry {
-                        after: Some(after.unwrap_or(QUOTA_BACKOFF)),
-                        reason: detail,
-                    }
-                }
-                (_, Some("UNAVAILABLE" | "INTERNAL")) => {
-                    return PushOutcome::Retry {
-                        after,
-                        reason: detail,
-                    }
-                }
-                (_, Some("THIRD_PARTY_AUTH_ERROR")) => {
-                    tracing::error!(%detail, "FCM cannot reach APNs for this app: its APNs credentials in Firebase are wrong");
-                    return PushOutcome::Misconfigured { reason: detail };
-                }
-                (401 | 403, _) => {
-                    tracing::error!(%detail, project = %self.account.project_id, "FCM refuses this app's service account");
-                    return PushOutcome::Misconfigured { reason: detail };
-                }
-                (404, None) => {
-                    return PushOutcome::Misconfigured {
-                        reason: format!("{detail} (is project_id right?)"),
-                    }
-                }
-                (429 | 500..=599, _) => {
-                    return PushOutcome::Retry {
-                        after,
-                        reason: detail,
-                    }
-                }
-                _ => return PushOutcome::Failed { reason: detail },
             }
         }
         PushOutcome::Misconfigured {
             reason: "FCM refused a freshly fetched access token (401)".into(),
         }
     }
+}
+
+/// What an FCM error answer asks of the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FcmReply {
+    /// A plain 401 before any refresh: fetch a new access token, send again.
+    NewAccessToken,
+    Outcome(PushOutcome),
+}
+
+/// What an FCM error answer means, read from bytes the server chose (any
+/// status but 200, any body, `Retry-After` already parsed): the reply, the
+/// metric label and a detail of at most a few hundred characters.
+pub fn read_error(
+    status: u16,
+    after: Option<Duration>,
+    bytes: &[u8],
+    refreshed: bool,
+) -> (FcmReply, &'static str, String) {
+    let parsed = serde_json::from_slice::<ErrorEnvelope>(bytes)
+        .ok()
+        .map(|e| e.error);
+    let (code, violations, message) = match &parsed {
+        Some(b) => (
+            error_code(b),
+            field_violations(b),
+            b.message.chars().take(200).collect::<String>(),
+        ),
+        None => (
+            None,
+            Vec::new(),
+            String::from_utf8_lossy(bytes).chars().take(200).collect(),
+        ),
+    };
+    let status_name: String = parsed
+        .as_ref()
+        .map(|b| b.status.chars().take(64).collect())
+        .unwrap_or_default();
+    let code: Option<String> = code.map(|c| c.chars().take(64).collect());
+    let shown = code.as_deref().unwrap_or(&status_name);
+    let metric = if shown.is_empty() {
+        "other"
+    } else {
+        label(shown)
+    };
+    let detail = format!("FCM {status} {shown}: {message}");
+    let outcome = match (status, code.as_deref()) {
+        // A plain 401: our access token is no longer accepted.
+        (401, None) if !refreshed => return (FcmReply::NewAccessToken, metric, detail),
+        (_, Some("UNREGISTERED")) => PushOutcome::DeadToken,
+        // The token belongs to another sender: push disabled for the device.
+        (_, Some("SENDER_ID_MISMATCH")) => PushOutcome::DeadToken,
+        (_, Some("INVALID_ARGUMENT")) => {
+            // Field violations on anything but the token mean we built
+            // the message wrong; otherwise the token is bad.
+            let ours: Vec<&String> = violations
+                .iter()
+                .filter(|f| *f != "message.token")
+                .take(8)
+                .collect();
+            if ours.is_empty() {
+                PushOutcome::DeadToken
+            } else {
+                PushOutcome::Failed {
+                    reason: format!("{detail} (fields: {ours:?})"),
+                }
+            }
+        }
+        (_, Some("QUOTA_EXCEEDED")) => PushOutcome::Retry {
+            after: Some(after.unwrap_or(QUOTA_BACKOFF)),
+            reason: detail.clone(),
+        },
+        (_, Some("UNAVAILABLE" | "INTERNAL")) => PushOutcome::Retry {
+            after,
+            reason: detail.clone(),
+        },
+        (_, Some("THIRD_PARTY_AUTH_ERROR")) => PushOutcome::Misconfigured {
+            reason: format!(
+                "{detail} (FCM cannot reach APNs for this app: its APNs credentials in Firebase are wrong)"
+            ),
+        },
+        (401 | 403, _) => PushOutcome::Misconfigured {
+            reason: detail.clone(),
+        },
+        (404, None) => PushOutcome::Misconfigured {
+            reason: format!("{detail} (is project_id right?)"),
+        },
+        (429 | 500..=599, _) => PushOutcome::Retry {
+            after,
+            reason: detail.clone(),
+        },
+        _ => PushOutcome::Failed {
+            reason: detail.clone(),
+        },
+    };
+    (FcmReply::Outcome(outcome), metric, detail)
 }
 
 fn error_code(b: &ErrorBody) -> Option<String> {

@@ -115,7 +115,12 @@ pub(crate) fn any_client(
 /// `Retry-After` in seconds (the form APNs and FCM send); an HTTP date or
 /// garbage is ignored and the caller backs off on its own.
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    parse_retry_after(headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?)
+}
+
+/// A `Retry-After` value in seconds, capped at an hour (a provider cannot
+/// park a push longer); an HTTP date or anything else is ignored.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
     let secs: u64 = v.trim().parse().ok()?;
     Some(Duration::from_secs(secs.min(3_600)))
 }
