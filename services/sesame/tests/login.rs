@@ -668,3 +668,90 @@ fn a_malformed_dev_tenant_key_is_a_configuration_error() {
     let err = sesame::Config::load(None, &env).unwrap_err().to_string();
     assert!(err.contains("dev_tenant_key"), "{err}");
 }
+
+/// Whoever can write to the events stream (the Kafka topic, in distributed
+/// mode) can claim any verdict; a `Verdict` event only makes watchers look
+/// again, so a forged one changes nothing a tenant sees.
+#[tokio::test]
+async fn a_forged_verdict_event_changes_nothing() {
+    let h = Harness::start().await;
+    let phone = h.enroll("gina").await;
+    let c = h.create("gina", ENTER, 0).await;
+    let mut watch = h
+        .challenges()
+        .watch_challenge(h.req(pb::WatchChallengeRequest {
+            challenge_id: c.challenge_id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        st(S::Pending)
+    );
+    h.queue
+        .publish_event(sesame_queue::Event::Verdict {
+            tenant_id: sesame_core::TenantId::parse("dev").unwrap(),
+            challenge_id: sesame_core::ChallengeId::parse(&c.challenge_id).unwrap(),
+            status: sesame_queue::ChallengeStatusWire::Approved,
+        })
+        .unwrap();
+    // The watcher re-reads storage: still pending, whatever it says.
+    if let Ok(said) = tokio::time::timeout(Duration::from_millis(500), watch.message()).await {
+        let said = said.unwrap().unwrap();
+        assert_eq!(
+            said.status,
+            st(S::Pending),
+            "a forged verdict reached the tenant"
+        );
+    }
+    assert_eq!(h.get(&c.challenge_id).await.status, st(S::Pending));
+    // The real answer still decides, and the watcher hears that one.
+    let d = details(&phone, &c.challenge_id).await;
+    phone
+        .respond(&d, &approve(&c.number_match_code))
+        .await
+        .unwrap();
+    let last = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("the real verdict within 5 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(last.status, st(S::Approved));
+    h.shutdown().await;
+}
+
+/// A phone that signs an approval over something other than what the
+/// challenge shows (another amount or payee: another context hash) is
+/// refused, validly signed or not, and the challenge is still open.
+#[tokio::test]
+async fn a_validly_signed_answer_over_a_foreign_context_is_refused() {
+    let h = Harness::start().await;
+    let phone = h.enroll("hugo").await;
+    let c = h.create("hugo", ENTER, 0).await;
+    let d = details(&phone, &c.challenge_id).await;
+    let mut foreign = d.context_hash.clone();
+    foreign[0] ^= 1;
+    let req = phone.sign_answer_fields(
+        &c.challenge_id,
+        &approve(&c.number_match_code),
+        &foreign,
+        sesame_core::time::now_ms(),
+    );
+    let r = sesame_proto::device::v1::device_service_client::DeviceServiceClient::new(
+        h.channel.clone(),
+    )
+    .respond(req)
+    .await;
+    let s = status_of(r);
+    assert_eq!(s.code(), Code::InvalidArgument);
+    assert!(s.message().contains("context_hash"), "{}", s.message());
+    assert_eq!(h.get(&c.challenge_id).await.status, st(S::Pending));
+    // The same phone approving what it was shown still works.
+    phone
+        .respond(&d, &approve(&c.number_match_code))
+        .await
+        .unwrap();
+    assert_eq!(h.get(&c.challenge_id).await.status, st(S::Approved));
+    h.shutdown().await;
+}
