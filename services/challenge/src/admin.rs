@@ -264,17 +264,7 @@ impl pb::tenant_admin_service_server::TenantAdminService for TenantAdminApi {
     ) -> Result<Response<pb::ListTenantsResponse>, Status> {
         self.admin(&request)?;
         let r = request.into_inner();
-        let size = match r.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n > MAX_PAGE_SIZE => {
-                return Err(ApiError::invalid(
-                    "page_size",
-                    format!("is {n}; at most {MAX_PAGE_SIZE}"),
-                )
-                .into())
-            }
-            n => n,
-        } as usize;
+        let size = page_size(r.page_size)?;
         // The token is the last id of the previous page: the backend lists
         // in an order it keeps stable (by id; by token on ScyllaDB), so a
         // tenant added meanwhile is seen or not, never twice.
@@ -501,7 +491,8 @@ impl pb::tenant_admin_service_server::TenantAdminService for TenantAdminApi {
     }
 }
 
-fn page_size(n: u32) -> Result<usize, ApiError> {
+/// A request's page size: 0 is the default (100), at most 1,000.
+pub(crate) fn page_size(n: u32) -> Result<usize, ApiError> {
     match n {
         0 => Ok(DEFAULT_PAGE_SIZE as usize),
         n if n > MAX_PAGE_SIZE => Err(ApiError::invalid(

@@ -10,9 +10,6 @@ use tonic::{Request, Response, Status};
 
 use crate::TenantAuth;
 
-const DEFAULT_PAGE_SIZE: u32 = 100;
-const MAX_PAGE_SIZE: u32 = 1000;
-
 pub struct AuditApi {
     storage: Arc<dyn Storage>,
     auth: TenantAuth,
@@ -60,16 +57,7 @@ pub fn audit_query(r: pb::ListAuditRecordsRequest) -> Result<(AuditQuery, usize)
             ),
         ));
     }
-    let size = match r.page_size {
-        0 => DEFAULT_PAGE_SIZE,
-        n if n > MAX_PAGE_SIZE => {
-            return Err(ApiError::invalid(
-                "page_size",
-                format!("is {n}; at most {MAX_PAGE_SIZE}"),
-            ))
-        }
-        n => n,
-    } as usize;
+    let size = crate::admin::page_size(r.page_size)?;
     let after = if r.page_token.is_empty() {
         None
     } else {

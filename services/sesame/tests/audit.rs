@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::*;
@@ -309,40 +309,6 @@ async fn every_decision_is_on_the_tenants_trail_and_the_chain_verifies() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("was edited"));
     h.shutdown().await;
-}
-
-fn spawn_server(dir: &Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_sesame"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(dir)
-        .env("SESAME_LOG", "warn")
-        .env("SESAME_ADMIN_LISTEN", "127.0.0.1:0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_ready(url: &str) -> tonic::transport::Channel {
-    use tonic_health::pb::health_client::HealthClient;
-    for _ in 0..200 {
-        if let Ok(ch) = sesame_device_sim::connect(url).await {
-            let ok = HealthClient::new(ch.clone())
-                .check(tonic_health::pb::HealthCheckRequest::default())
-                .await
-                .is_ok_and(|r| r.into_inner().status == 1);
-            if ok {
-                return ch;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("server at {url} did not become ready");
 }
 
 fn stop(mut child: Child) {

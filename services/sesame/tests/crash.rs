@@ -2,8 +2,7 @@
 //! the same data directory, and find every enrollment and every verdict
 //! whose RPC had been answered OK before the kill.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,50 +14,10 @@ use sesame_proto::tenant::v1::challenge_service_client::ChallengeServiceClient;
 use sesame_proto::tenant::v1::enrollment_service_client::EnrollmentServiceClient;
 use sesame_proto::types::v1 as types;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+mod common;
 
-fn spawn_server(dir: &Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_sesame"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(dir)
-        .env("SESAME_LOG", "warn")
-        .env("SESAME_ADMIN_LISTEN", "127.0.0.1:0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn sesame serve")
-}
-
-async fn wait_ready(url: &str) -> tonic::transport::Channel {
-    use tonic_health::pb::health_client::HealthClient;
-    for _ in 0..200 {
-        if let Ok(ch) = sesame_device_sim::connect(url).await {
-            let ok = HealthClient::new(ch.clone())
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .map(|r| r.into_inner().status == 1)
-                .unwrap_or(false);
-            if ok {
-                return ch;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("server at {url} did not become ready");
-}
+use common::tansu::free_port;
+use common::{spawn_server, wait_ready};
 
 fn authed<T>(key: &str, m: T) -> tonic::Request<T> {
     sesame::cli::authed(key, m).expect("request")

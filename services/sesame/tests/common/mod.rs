@@ -378,3 +378,40 @@ pub const NONE: types::NumberMatchMode = types::NumberMatchMode::None;
 pub fn st(s: types::ChallengeStatus) -> i32 {
     s as i32
 }
+
+/// The real `sesame serve` binary on `dir` (all roles, zero configuration),
+/// its admin port on a free loopback port.
+pub fn spawn_server(dir: &std::path::Path, port: u16) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sesame"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir)
+        .env("SESAME_LOG", "warn")
+        .env("SESAME_ADMIN_LISTEN", "127.0.0.1:0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn sesame serve")
+}
+
+/// A channel to `url` once its gRPC health check says SERVING.
+pub async fn wait_ready(url: &str) -> Channel {
+    use tonic_health::pb::health_client::HealthClient;
+    for _ in 0..200 {
+        if let Ok(ch) = sesame_device_sim::connect(url).await {
+            let ok = HealthClient::new(ch.clone())
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .is_ok_and(|r| r.into_inner().status == 1);
+            if ok {
+                return ch;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server at {url} did not become ready");
+}
