@@ -755,3 +755,36 @@ async fn a_validly_signed_answer_over_a_foreign_context_is_refused() {
     assert_eq!(h.get(&c.challenge_id).await.status, st(S::Approved));
     h.shutdown().await;
 }
+
+/// A device enrolled with a P-256 key cannot answer with a signature of
+/// another algorithm: the stored key's algorithm decides how an answer is
+/// verified, never the signature's shape (no algorithm confusion).
+#[tokio::test]
+async fn an_answer_signed_with_another_algorithm_is_refused() {
+    let h = Harness::start().await;
+    let phone = h.enroll("jack").await;
+    assert_eq!(phone.identity.key_algorithm, KeyAlgorithm::EcdsaP256Sha256);
+    let other = h
+        .enroll_with("jill", KeyAlgorithm::Ed25519, "tok-jill")
+        .await;
+    let c = h.create("jack", ENTER, 0).await;
+    let d = details(&phone, &c.challenge_id).await;
+    // The Ed25519 key of another phone, presented under jack's device id.
+    let impostor = sesame_device_sim::SimDevice::from_identity(
+        sesame_device_sim::DeviceIdentity {
+            device_id: phone.identity.device_id.clone(),
+            ..other.identity.clone()
+        },
+        h.channel.clone(),
+    )
+    .unwrap();
+    let r = impostor.respond(&d, &approve(&c.number_match_code)).await;
+    assert_eq!(code_of(r), Code::Unauthenticated);
+    assert_eq!(h.get(&c.challenge_id).await.status, st(S::Pending));
+    phone
+        .respond(&d, &approve(&c.number_match_code))
+        .await
+        .unwrap();
+    assert_eq!(h.get(&c.challenge_id).await.status, st(S::Approved));
+    h.shutdown().await;
+}
