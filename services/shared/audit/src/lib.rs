@@ -90,19 +90,29 @@ impl AuditLog {
         let Some(tx) = &self.tx else {
             return;
         };
-        if tx.try_send(entry).is_err() {
-            metrics::lost(1);
-            // Logged once per thousand, not per entry: the store is down
-            // and the log must not drown too.
-            if self
-                .lost
-                .fetch_add(1, Ordering::Relaxed)
-                .is_multiple_of(1000)
-            {
-                tracing::error!(
-                    lost = self.lost.load(Ordering::Relaxed),
-                    "audit buffer full: audit entries are being dropped (is the store failing?)"
-                );
+        match tx.try_send(entry) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::lost(1);
+                // Logged once per thousand, not per entry: the store is
+                // down and the log must not drown too.
+                if self
+                    .lost
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(1000)
+                {
+                    tracing::error!(
+                        lost = self.lost.load(Ordering::Relaxed),
+                        "audit buffer full: audit entries are being dropped (is the store failing?)"
+                    );
+                }
+            }
+            // The writer has stopped (shutdown): a call finishing this late
+            // is not on the trail.
+            Err(mpsc::error::TrySendError::Closed(e)) => {
+                metrics::lost(1);
+                self.lost.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(action = e.action.as_str(), tenant = %e.tenant_id, "audit entry after the writer stopped: lost");
             }
         }
     }
