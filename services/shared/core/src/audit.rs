@@ -44,10 +44,17 @@ pub enum AuditAction {
     ApiKeyCreated,
     ApiKeyRotated,
     ApiKeyRevoked,
+    /// A webhook endpoint was set, changed, deleted or its secret rotated
+    /// (`detail` says which; never the secret).
+    WebhookChanged,
+    /// A verdict was delivered to the tenant's webhook (`detail`: attempts).
+    WebhookDelivered,
+    /// A verdict delivery was given up and dead-lettered (`detail`: why).
+    WebhookFailed,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 18] = [
+    pub const ALL: [AuditAction; 21] = [
         AuditAction::EnrollmentStarted,
         AuditAction::DeviceEnrolled,
         AuditAction::DeviceRevoked,
@@ -66,6 +73,9 @@ impl AuditAction {
         AuditAction::ApiKeyCreated,
         AuditAction::ApiKeyRotated,
         AuditAction::ApiKeyRevoked,
+        AuditAction::WebhookChanged,
+        AuditAction::WebhookDelivered,
+        AuditAction::WebhookFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -88,6 +98,9 @@ impl AuditAction {
             AuditAction::ApiKeyCreated => "api_key_created",
             AuditAction::ApiKeyRotated => "api_key_rotated",
             AuditAction::ApiKeyRevoked => "api_key_revoked",
+            AuditAction::WebhookChanged => "webhook_changed",
+            AuditAction::WebhookDelivered => "webhook_delivered",
+            AuditAction::WebhookFailed => "webhook_failed",
         }
     }
 

@@ -13,6 +13,7 @@ pub mod payload;
 pub mod push_apps;
 pub mod time;
 pub mod validate;
+pub mod webhook;
 
 pub use ids::{ChallengeId, DeviceId, TenantId};
 pub use model::*;

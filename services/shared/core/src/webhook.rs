@@ -1,0 +1,601 @@
+//! Signed verdict webhooks, without I/O: the endpoint rules (HTTPS only, no
+//! private address unless allow-listed), the secrets, the signature, and
+//! the body a tenant receives.
+//!
+//! The signature follows the Standard Webhooks specification
+//! (<https://www.standardwebhooks.com>), so a receiver can use one of its
+//! libraries or the few lines in `docs/webhooks.md`:
+//!
+//! ```text
+//! webhook-id:        <delivery id>            (the same on every retry: the idempotency key)
+//! webhook-timestamp: <unix seconds>           (when this attempt was signed)
+//! webhook-signature: v1,<base64 HMAC-SHA256(secret, "<id>.<timestamp>.<body>")> [v1,<...> ...]
+//! ```
+//!
+//! During a secret rotation each request carries one signature per live
+//! secret, so a receiver may switch secrets at its own pace.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use ring::hmac;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ChallengeStatus, DenyReason};
+use crate::time::UnixMillis;
+
+/// The prefix of a secret as shown to the tenant (as in Standard Webhooks).
+pub const SECRET_PREFIX: &str = "whsec_";
+/// Random bytes in a secret.
+pub const SECRET_BYTES: usize = 32;
+/// Longest endpoint URL accepted.
+pub const MAX_URL_LEN: usize = 2048;
+/// How far a receiver should accept `webhook-timestamp` from its clock.
+pub const DEFAULT_TOLERANCE_SECS: i64 = 300;
+
+pub const HEADER_ID: &str = "webhook-id";
+pub const HEADER_TIMESTAMP: &str = "webhook-timestamp";
+pub const HEADER_SIGNATURE: &str = "webhook-signature";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    #[error("{0}")]
+    Url(String),
+    #[error("{0} is not a public address; add it to webhook.allow_private to allow it")]
+    PrivateAddress(IpAddr),
+    #[error("not a webhook secret (whsec_ followed by base64)")]
+    Secret,
+    #[error("{0}")]
+    Signature(&'static str),
+    #[error("not an address range (want a.b.c.d/n or x::y/n): {0}")]
+    Cidr(String),
+}
+
+/// A webhook endpoint URL, checked: `https`, a host, no credentials, no
+/// fragment, at most [`MAX_URL_LEN`] characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointUrl {
+    url: url::Url,
+}
+
+impl EndpointUrl {
+    pub fn parse(s: &str) -> Result<EndpointUrl, WebhookError> {
+        let err = |m: &str| WebhookError::Url(m.to_owned());
+        if s.is_empty() {
+            return Err(err("url is required"));
+        }
+        if s.len() > MAX_URL_LEN {
+            return Err(WebhookError::Url(format!(
+                "url is {} characters; at most {MAX_URL_LEN}",
+                s.len()
+            )));
+        }
+        let url = url::Url::parse(s).map_err(|e| WebhookError::Url(format!("not a URL: {e}")))?;
+        if url.scheme() != "https" {
+            return Err(WebhookError::Url(format!(
+                "scheme {:?} refused: webhooks go over https only",
+                url.scheme()
+            )));
+        }
+        if url.host().is_none() {
+            return Err(err("url has no host"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(err(
+                "url must not hold credentials; the signature authenticates Sesame",
+            ));
+        }
+        if url.fragment().is_some() {
+            return Err(err("url must not have a #fragment"));
+        }
+        Ok(EndpointUrl { url })
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.url.as_str()
+    }
+
+    pub fn url(&self) -> &url::Url {
+        &self.url
+    }
+
+    /// The host's address when the URL names one literally (no DNS).
+    pub fn literal_ip(&self) -> Option<IpAddr> {
+        match self.url.host()? {
+            url::Host::Ipv4(a) => Some(IpAddr::V4(a)),
+            url::Host::Ipv6(a) => Some(IpAddr::V6(a)),
+            url::Host::Domain(_) => None,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.url.port_or_known_default().unwrap_or(443)
+    }
+}
+
+/// One address range (`10.0.0.0/8`, `::1/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, WebhookError> {
+        let bad = || WebhookError::Cidr(s.to_owned());
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let net: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.trim().parse::<u8>().map_err(|_| bad())?,
+            None => max,
+        };
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Cidr { net, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.net, canonical(ip)) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.net, self.prefix)
+    }
+}
+
+/// An IPv4 address carried in IPv6 (mapped `::ffff:a.b.c.d`) is judged as
+/// the IPv4 address it reaches.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => ip,
+        },
+        v4 => v4,
+    }
+}
+
+/// Whether `ip` is a globally routable unicast address: not loopback,
+/// private (RFC 1918, unique local), link-local (cloud metadata lives at
+/// 169.254.169.254), carrier-grade NAT, multicast, documentation,
+/// benchmarking, reserved, or an IPv6 form that embeds one of those
+/// (mapped, NAT64, 6to4) or that cannot be judged (Teredo).
+pub fn is_public(ip: IpAddr) -> bool {
+    match canonical(ip) {
+        IpAddr::V4(a) => is_public_v4(a),
+        IpAddr::V6(a) => is_public_v6(a),
+    }
+}
+
+fn is_public_v4(a: Ipv4Addr) -> bool {
+    let o = a.octets();
+    let in_net = |net: [u8; 4], prefix: u32| {
+        let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+        u32::from(a) & mask == u32::from(Ipv4Addr::from(net)) & mask
+    };
+    !(o[0] == 0
+        || a.is_loopback()
+        || a.is_private()
+        || a.is_link_local()
+        || a.is_broadcast()
+        || a.is_multicast()
+        || a.is_documentation()
+        || in_net([100, 64, 0, 0], 10)
+        || in_net([192, 0, 0, 0], 24)
+        || in_net([192, 88, 99, 0], 24)
+        || in_net([198, 18, 0, 0], 15)
+        || o[0] >= 240)
+}
+
+fn is_public_v6(a: Ipv6Addr) -> bool {
+    let s = a.segments();
+    let embedded_v4 = |hi: usize| {
+        Ipv4Addr::new(
+            (s[hi] >> 8) as u8,
+            s[hi] as u8,
+            (s[hi + 1] >> 8) as u8,
+            s[hi + 1] as u8,
+        )
+    };
+    if a.is_unspecified() || a.is_loopback() || a.is_multicast() {
+        return false;
+    }
+    match s[0] {
+        // Unique local fc00::/7, link-local fe80::/10, site-local fec0::/10.
+        x if x & 0xfe00 == 0xfc00 || x & 0xffc0 == 0xfe80 || x & 0xffc0 == 0xfec0 => false,
+        // Documentation 2001:db8::/32, Teredo 2001::/32 (hides its target).
+        0x2001 if s[1] == 0x0db8 || s[1] == 0 => false,
+        // 6to4: judged by the IPv4 address it tunnels to.
+        0x2002 => is_public_v4(embedded_v4(1)),
+        // NAT64 64:ff9b::/96: the IPv4 address it translates to.
+        0x0064 if s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] => is_public_v4(embedded_v4(6)),
+        // The rest of ::/8 (IPv4-compatible, discard 100::/64...) is not
+        // routable unicast.
+        0 | 0x0100 => false,
+        _ => true,
+    }
+}
+
+/// Which non-public addresses an operator lets webhooks reach (a test
+/// receiver on loopback, an internal gateway). Empty by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddressPolicy {
+    allow: Vec<Cidr>,
+}
+
+impl AddressPolicy {
+    pub fn new(allow: Vec<Cidr>) -> AddressPolicy {
+        AddressPolicy { allow }
+    }
+
+    pub fn parse(list: &[String]) -> Result<AddressPolicy, WebhookError> {
+        list.iter()
+            .map(|s| Cidr::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map(AddressPolicy::new)
+    }
+
+    /// `Ok` when a request may go to `ip`.
+    pub fn check(&self, ip: IpAddr) -> Result<(), WebhookError> {
+        if is_public(ip) || self.allow.iter().any(|c| c.contains(ip)) {
+            Ok(())
+        } else {
+            Err(WebhookError::PrivateAddress(ip))
+        }
+    }
+}
+
+/// A signing secret: 32 random bytes, shown as `whsec_<base64>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Secret {
+    pub fn generate() -> Secret {
+        Secret(crate::ids::random_bytes::<SECRET_BYTES>().to_vec())
+    }
+
+    pub fn parse(s: &str) -> Result<Secret, WebhookError> {
+        let b64 = s.strip_prefix(SECRET_PREFIX).ok_or(WebhookError::Secret)?;
+        let bytes = B64.decode(b64).map_err(|_| WebhookError::Secret)?;
+        if bytes.len() < 16 || bytes.len() > 64 {
+            return Err(WebhookError::Secret);
+        }
+        Ok(Secret(bytes))
+    }
+
+    pub fn encode(&self) -> String {
+        format!("{SECRET_PREFIX}{}", B64.encode(&self.0))
+    }
+
+    fn key(&self) -> hmac::Key {
+        hmac::Key::new(hmac::HMAC_SHA256, &self.0)
+    }
+
+    /// `v1,<base64 signature>` of one delivery attempt.
+    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        let tag = hmac::sign(&self.key(), &signed_content(id, timestamp, body));
+        format!("v1,{}", B64.encode(tag.as_ref()))
+    }
+}
+
+fn signed_content(id: &str, timestamp: i64, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(id.len() + body.len() + 24);
+    m.extend_from_slice(id.as_bytes());
+    m.push(b'.');
+    m.extend_from_slice(timestamp.to_string().as_bytes());
+    m.push(b'.');
+    m.extend_from_slice(body);
+    m
+}
+
+/// The `webhook-signature` value: one `v1,` signature per secret.
+pub fn signature_header(secrets: &[Secret], id: &str, timestamp: i64, body: &[u8]) -> String {
+    secrets
+        .iter()
+        .map(|s| s.sign(id, timestamp, body))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// What a receiver does with a request: the timestamp is within
+/// `tolerance_secs` of `now_secs` (either way) and one of the signatures
+/// is `secret`'s over exactly `id`, `timestamp` and `body` (compared in
+/// constant time). Replays inside the window are the receiver's to drop
+/// by `webhook-id`.
+pub fn verify(
+    secret: &Secret,
+    id: &str,
+    timestamp: &str,
+    signatures: &str,
+    body: &[u8],
+    now_secs: i64,
+    tolerance_secs: i64,
+) -> Result<(), WebhookError> {
+    if id.is_empty() {
+        return Err(WebhookError::Signature("webhook-id is missing"));
+    }
+    let ts: i64 = timestamp
+        .parse()
+        .map_err(|_| WebhookError::Signature("webhook-timestamp is not a number"))?;
+    if (now_secs - ts).abs() > tolerance_secs {
+        return Err(WebhookError::Signature(
+            "webhook-timestamp is outside the replay window",
+        ));
+    }
+    let content = signed_content(id, ts, body);
+    let key = secret.key();
+    for sig in signatures.split(' ') {
+        let Some(b64) = sig.strip_prefix("v1,") else {
+            continue;
+        };
+        let Ok(tag) = B64.decode(b64) else {
+            continue;
+        };
+        if hmac::verify(&key, &content, &tag).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(WebhookError::Signature("no valid v1 signature"))
+}
+
+/// A tenant's registered endpoint (one per tenant).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookEndpoint {
+    pub tenant_id: crate::TenantId,
+    pub url: String,
+    /// Live secrets, newest first; a rotated-out one signs until its
+    /// `retire_at`. Kept in clear: an HMAC needs the secret itself (see
+    /// `docs/security.md`, webhooks).
+    pub secrets: Vec<StoredSecret>,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSecret {
+    /// `whsec_<base64>`.
+    pub secret: String,
+    pub created_at: UnixMillis,
+    /// When a rotated-out secret stops signing (none: the current one).
+    #[serde(default)]
+    pub retire_at: Option<UnixMillis>,
+}
+
+impl std::fmt::Debug for StoredSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredSecret")
+            .field("created_at", &self.created_at)
+            .field("retire_at", &self.retire_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebhookEndpoint {
+    /// The secrets that sign at `now` (undecodable ones are skipped: they
+    /// cannot have been written by Sesame).
+    pub fn signing_secrets(&self, now: UnixMillis) -> Vec<Secret> {
+        self.secrets
+            .iter()
+            .filter(|s| s.retire_at.is_none_or(|t| now < t))
+            .filter_map(|s| Secret::parse(&s.secret).ok())
+            .collect()
+    }
+}
+
+/// A verdict delivery given up on, kept for the tenant to inspect and
+/// redeliver (until the challenge's retention ends).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadDelivery {
+    pub tenant_id: crate::TenantId,
+    pub delivery_id: String,
+    pub challenge_id: String,
+    pub attempts: u32,
+    pub last_error: String,
+    pub failed_at: UnixMillis,
+}
+
+/// The JSON body of a verdict delivery (`type` = `challenge.verdict`).
+/// Fields only grow; a receiver must ignore ones it does not know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictNotice {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The same as `webhook-id`.
+    pub delivery_id: String,
+    pub tenant_id: String,
+    pub challenge_id: String,
+    pub user_id: String,
+    /// `approved`, `denied` or `cancelled`.
+    pub status: String,
+    /// For a denial: `user_denied`, `fraud_reported` or `number_mismatch`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub deny_reason: String,
+    /// The device whose answer decided it (empty for a cancel).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub device_id: String,
+    pub decided_at_unix_ms: UnixMillis,
+}
+
+pub const VERDICT_TYPE: &str = "challenge.verdict";
+
+pub fn deny_reason_str(r: DenyReason) -> &'static str {
+    match r {
+        DenyReason::UserDenied => "user_denied",
+        DenyReason::FraudReported => "fraud_reported",
+        DenyReason::NumberMismatch => "number_mismatch",
+    }
+}
+
+/// The delivery id of a challenge's verdict: one verdict per challenge, so
+/// a retry, a duplicate from the queue and a redelivery from the dead
+/// letters all carry the same id and the receiver keeps one.
+pub fn delivery_id(challenge_id: &str) -> String {
+    format!("vd_{challenge_id}")
+}
+
+/// Whether a status is one a webhook announces (expiry is derived from
+/// `expires_at`, which the tenant already has, and is not announced).
+pub fn announced(status: ChallengeStatus) -> bool {
+    matches!(
+        status,
+        ChallengeStatus::Approved | ChallengeStatus::Denied | ChallengeStatus::Cancelled
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    }
+
+    #[test]
+    fn only_https_urls_without_credentials_are_endpoints() {
+        assert!(EndpointUrl::parse("https://idp.example.com/hooks/sesame").is_ok());
+        for bad in [
+            "",
+            "http://idp.example.com/hook",
+            "ftp://idp.example.com/",
+            "https://user:pw@idp.example.com/",
+            "https://idp.example.com/#x",
+            "https://",
+            "https://:443/",
+            "not a url",
+        ] {
+            assert!(EndpointUrl::parse(bad).is_err(), "{bad} accepted");
+        }
+        let long = format!("https://a.example/{}", "x".repeat(MAX_URL_LEN));
+        assert!(EndpointUrl::parse(&long).is_err());
+        let u = EndpointUrl::parse("https://[::1]:8443/h").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(u.literal_ip(), Some(ip("::1")));
+        assert_eq!(u.port(), 8443);
+    }
+
+    #[test]
+    fn private_and_special_addresses_are_not_public() {
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "192.0.2.1",
+            "198.18.0.1",
+            "240.0.0.1",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12::1",
+            "fe80::1",
+            "ff02::1",
+            "2001:db8::1",
+            "2001::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::",
+            "::127.0.0.1",
+        ] {
+            assert!(!is_public(ip(a)), "{a} judged public");
+        }
+        for a in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "2002:0808:0808::",
+        ] {
+            assert!(is_public(ip(a)), "{a} judged private");
+        }
+    }
+
+    #[test]
+    fn the_allow_list_opens_exactly_its_ranges() {
+        let p = AddressPolicy::parse(&["127.0.0.1/32".into(), "fd00::/8".into()])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(p.check(ip("127.0.0.1")).is_ok());
+        assert!(p.check(ip("::ffff:127.0.0.1")).is_ok());
+        assert!(p.check(ip("127.0.0.2")).is_err());
+        assert!(p.check(ip("fd00::5")).is_ok());
+        assert!(p.check(ip("fc00::5")).is_err());
+        assert!(p.check(ip("8.8.8.8")).is_ok());
+        assert!(AddressPolicy::default().check(ip("127.0.0.1")).is_err());
+        for bad in ["127.0.0.1/33", "::/129", "x/8", "10.0.0.0/-1", ""] {
+            assert!(Cidr::parse(bad).is_err(), "{bad} parsed");
+        }
+        assert_eq!(
+            Cidr::parse("0.0.0.0/0").map(|c| c.contains(ip("9.9.9.9"))),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn signatures_verify_and_any_change_breaks_them() {
+        let s = Secret::generate();
+        let other = Secret::generate();
+        let body = br#"{"type":"challenge.verdict"}"#;
+        let header = signature_header(&[other.clone(), s.clone()], "vd_1", 1_700_000_000, body);
+        let ok = |id: &str, ts: &str, sig: &str, b: &[u8], now: i64| {
+            verify(&s, id, ts, sig, b, now, DEFAULT_TOLERANCE_SECS)
+        };
+        assert_eq!(
+            ok("vd_1", "1700000000", &header, body, 1_700_000_010),
+            Ok(())
+        );
+        assert!(ok("vd_2", "1700000000", &header, body, 1_700_000_010).is_err());
+        assert!(ok("vd_1", "1700000001", &header, body, 1_700_000_010).is_err());
+        assert!(ok("vd_1", "1700000000", &header, b"{}", 1_700_000_010).is_err());
+        assert!(ok("vd_1", "1700000000", &header, body, 1_700_000_400).is_err());
+        assert!(ok("vd_1", "1700000000", "v1,AAAA", body, 1_700_000_000).is_err());
+        assert!(ok("", "1700000000", &header, body, 1_700_000_000).is_err());
+        // A secret round-trips through its shown form; junk is refused.
+        assert_eq!(Secret::parse(&s.encode()), Ok(s.clone()));
+        assert!(Secret::parse("whsec_!!").is_err());
+        assert!(Secret::parse(&s.encode()[6..]).is_err());
+        assert_eq!(format!("{s:?}"), "Secret(..)");
+    }
+
+    #[test]
+    fn signature_matches_the_standard_webhooks_test_vector() {
+        // From the Standard Webhooks reference libraries' tests.
+        let s = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let sig = s.sign(
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1_614_265_330,
+            br#"{"test": 2432232314}"#,
+        );
+        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+}
