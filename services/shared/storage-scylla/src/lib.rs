@@ -41,6 +41,7 @@ use scylla::value::{CqlValue, Row};
 use sesame_core::audit::{AuditRecord, ChainHead};
 use sesame_core::model::{UsageReport, UserGuardState};
 use sesame_core::time::{now_ms, UnixMillis};
+use sesame_core::webhook::{DeadDelivery, WebhookEndpoint};
 use sesame_core::{
     ApiKeyRecord, Challenge, ChallengeId, Device, DeviceId, EnrollmentTicket, Resolution, Tenant,
     TenantId,
@@ -152,6 +153,13 @@ struct Statements {
     put_audit_by_user: Stmt,
     put_audit_by_challenge: Stmt,
     list_audit_heads_first: Stmt,
+    put_webhook: Stmt,
+    get_webhook: Stmt,
+    delete_webhook: Stmt,
+    put_dead_delivery: Stmt,
+    list_dead_first: Stmt,
+    list_dead_after: Stmt,
+    delete_dead_delivery: Stmt,
     list_audit_heads_after: Stmt,
     read_audit_block: Stmt,
     audit_days: Stmt,
@@ -764,6 +772,41 @@ async fn prepare_all(
         put_audit_by_challenge: prep(
             "INSERT INTO {ks}.audit_by_challenge (tenant_id, challenge_id, at, chain, seq, record) VALUES (?, ?, ?, ?, ?, ?) [USING TIMEOUT]",
             Write,
+        )
+        .await?,
+        put_webhook: prep(
+            "INSERT INTO {ks}.webhooks (tenant_id, endpoint) VALUES (?, ?) [USING TIMEOUT]",
+            Write,
+        )
+        .await?,
+        get_webhook: prep(
+            "SELECT endpoint FROM {ks}.webhooks WHERE tenant_id = ? [USING TIMEOUT]",
+            Read,
+        )
+        .await?,
+        delete_webhook: prep(
+            "DELETE FROM {ks}.webhooks [USING TIMEOUT] WHERE tenant_id = ? IF EXISTS",
+            Conditional,
+        )
+        .await?,
+        put_dead_delivery: prep(
+            "INSERT INTO {ks}.webhook_dead_deliveries (tenant_id, delivery_id, record) VALUES (?, ?, ?) USING TTL ? [AND TIMEOUT]",
+            Write,
+        )
+        .await?,
+        list_dead_first: prep(
+            "SELECT record FROM {ks}.webhook_dead_deliveries WHERE tenant_id = ? LIMIT ? [USING TIMEOUT]",
+            Read,
+        )
+        .await?,
+        list_dead_after: prep(
+            "SELECT record FROM {ks}.webhook_dead_deliveries WHERE tenant_id = ? AND delivery_id > ? LIMIT ? [USING TIMEOUT]",
+            Read,
+        )
+        .await?,
+        delete_dead_delivery: prep(
+            "DELETE FROM {ks}.webhook_dead_deliveries [USING TIMEOUT] WHERE tenant_id = ? AND delivery_id = ? IF EXISTS",
+            Conditional,
         )
         .await?,
         list_audit_heads_first: prep(
@@ -1817,6 +1860,110 @@ impl Storage for ScyllaStorage {
             }
         }
         Ok(out)
+    }
+
+    async fn put_webhook(&self, e: &WebhookEndpoint) -> Result<()> {
+        let json = serde_json::to_vec(e).map_err(backend)?;
+        self.execute(
+            &self.st.put_webhook,
+            vec![text(e.tenant_id.as_str()), blob(json)],
+            "store a webhook endpoint",
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn get_webhook(&self, tenant: &TenantId) -> Result<Option<WebhookEndpoint>> {
+        self.read_one::<(Vec<u8>,)>(
+            &self.st.get_webhook,
+            vec![text(tenant.as_str())],
+            "read a webhook endpoint",
+        )
+        .await?
+        .map(|(json,)| decode_json("webhooks", &json))
+        .transpose()
+    }
+
+    async fn delete_webhook(&self, tenant: &TenantId) -> Result<bool> {
+        let answer = self
+            .lwt(
+                &self.st.delete_webhook,
+                vec![text(tenant.as_str())],
+                "delete a webhook endpoint",
+            )
+            .await?;
+        match answer {
+            Lwt::Applied => Ok(true),
+            Lwt::NotApplied => Ok(false),
+            // Gone either way; whether this call removed it is unknown.
+            Lwt::Unknown => Ok(self.get_webhook(tenant).await?.is_none()),
+        }
+    }
+
+    async fn put_dead_delivery(&self, d: &DeadDelivery) -> Result<()> {
+        let json = serde_json::to_vec(d).map_err(backend)?;
+        let keep = self.config.challenge_retention.as_millis() as i64;
+        self.execute(
+            &self.st.put_dead_delivery,
+            vec![
+                text(d.tenant_id.as_str()),
+                text(&d.delivery_id),
+                blob(json),
+                int(ttl_secs(d.failed_at.saturating_add(keep), now_ms())),
+            ],
+            "store a dead webhook delivery",
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn list_dead_deliveries(
+        &self,
+        tenant: &TenantId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadDelivery>> {
+        let limit = int(i32::try_from(limit).unwrap_or(i32::MAX));
+        let rows = match after {
+            None => {
+                self.read_all::<(Vec<u8>,)>(
+                    &self.st.list_dead_first,
+                    vec![text(tenant.as_str()), limit],
+                    "list dead webhook deliveries",
+                )
+                .await?
+            }
+            Some(a) => {
+                self.read_all::<(Vec<u8>,)>(
+                    &self.st.list_dead_after,
+                    vec![text(tenant.as_str()), text(a), limit],
+                    "list dead webhook deliveries",
+                )
+                .await?
+            }
+        };
+        rows.into_iter()
+            .map(|(json,)| decode_json("webhook_dead_deliveries", &json))
+            .collect()
+    }
+
+    async fn delete_dead_delivery(&self, tenant: &TenantId, delivery_id: &str) -> Result<bool> {
+        let answer = self
+            .lwt(
+                &self.st.delete_dead_delivery,
+                vec![text(tenant.as_str()), text(delivery_id)],
+                "delete a dead webhook delivery",
+            )
+            .await?;
+        match answer {
+            Lwt::Applied => Ok(true),
+            Lwt::NotApplied => Ok(false),
+            Lwt::Unknown => Ok(!self
+                .list_dead_deliveries(tenant, None, usize::MAX)
+                .await?
+                .iter()
+                .any(|d| d.delivery_id == delivery_id)),
+        }
     }
 
     async fn purge_expired(

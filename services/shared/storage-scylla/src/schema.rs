@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "audit",
         cql: include_str!("../schema/0004_audit.cql"),
     },
+    Migration {
+        version: 5,
+        name: "webhooks",
+        cql: include_str!("../schema/0005_webhooks.cql"),
+    },
 ];
 
 /// `ALTER TABLE ... ADD <column>`: not idempotent in CQL itself.
@@ -156,7 +161,7 @@ mod tests {
             .filter(|s| s.starts_with("CREATE TABLE"))
             .collect();
         // schema_migrations plus one table per access path.
-        assert_eq!(tables.len(), 18, "{tables:#?}");
+        assert_eq!(tables.len(), 20, "{tables:#?}");
         for s in &tables {
             assert!(
                 s.starts_with("CREATE TABLE IF NOT EXISTS sesame_test."),
@@ -168,7 +173,7 @@ mod tests {
             assert!(!s.to_uppercase().contains("ALLOW FILTERING"), "{s}");
             assert!(!s.contains("CREATE INDEX"), "{s}");
         }
-        assert_eq!(latest_version(), 4);
+        assert_eq!(latest_version(), 5);
         // Every statement either cannot repeat harm or is recognised as done.
         for st in &all {
             let upper = st.to_ascii_uppercase();

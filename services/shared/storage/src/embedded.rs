@@ -32,6 +32,7 @@ use serde::Serialize;
 use sesame_core::audit::{AuditRecord, ChainHead};
 use sesame_core::model::{UsageReport, UserGuardState};
 use sesame_core::time::UnixMillis;
+use sesame_core::webhook::{DeadDelivery, WebhookEndpoint};
 use sesame_core::{
     ApiKeyRecord, Challenge, ChallengeId, Device, DeviceId, EnrollmentTicket, Resolution, Tenant,
     TenantId,
@@ -78,7 +79,14 @@ const AUDIT_BY_USER: Table = TableDefinition::new("audit_by_user");
 /// tenant \0 challenge \0 at chain \0 seq -> ().
 const AUDIT_BY_CHALLENGE: Table = TableDefinition::new("audit_by_challenge");
 
-const ALL_TABLES: [Table; 16] = [
+/// tenant -> its webhook endpoint.
+const WEBHOOKS: Table = TableDefinition::new("webhooks");
+/// tenant \0 delivery id -> a dead delivery.
+const DEAD_DELIVERIES: Table = TableDefinition::new("webhook_dead_deliveries");
+
+const ALL_TABLES: [Table; 18] = [
+    WEBHOOKS,
+    DEAD_DELIVERIES,
     AUDIT,
     AUDIT_HEADS,
     AUDIT_BY_TIME,
@@ -936,6 +944,87 @@ impl Storage for EmbeddedStorage {
         Ok(out)
     }
 
+    async fn put_webhook(&self, endpoint: &WebhookEndpoint) -> Result<()> {
+        let key = endpoint.tenant_id.as_str().as_bytes().to_vec();
+        let value = encode(endpoint)?;
+        self.write(move |txn| put_in(txn, WEBHOOKS, &key, &value))
+            .await
+    }
+
+    async fn get_webhook(&self, tenant: &TenantId) -> Result<Option<WebhookEndpoint>> {
+        self.read(WEBHOOKS, tenant.as_str().as_bytes())
+    }
+
+    async fn delete_webhook(&self, tenant: &TenantId) -> Result<bool> {
+        let key = tenant.as_str().as_bytes().to_vec();
+        self.write(move |txn| {
+            let mut t = txn.open_table(WEBHOOKS).map_err(backend)?;
+            let removed = t.remove(key.as_slice()).map_err(backend)?.is_some();
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn put_dead_delivery(&self, dead: &DeadDelivery) -> Result<()> {
+        let key = key2(dead.tenant_id.as_str(), &dead.delivery_id);
+        let value = encode(dead)?;
+        self.write(move |txn| put_in(txn, DEAD_DELIVERIES, &key, &value))
+            .await
+    }
+
+    async fn list_dead_deliveries(
+        &self,
+        tenant: &TenantId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadDelivery>> {
+        let prefix = tenant.as_str().as_bytes().to_vec();
+        let start = match after {
+            // Just past `after`: its key followed by the smallest byte.
+            Some(a) => {
+                let mut k = key2(tenant.as_str(), a);
+                k.push(0);
+                k
+            }
+            None => {
+                let mut k = prefix.clone();
+                k.push(0);
+                k
+            }
+        };
+        let end = prefix_end(&prefix);
+        let mut out = Vec::new();
+        if start >= end {
+            return Ok(out);
+        }
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(DEAD_DELIVERIES).map_err(backend)?;
+        for entry in table
+            .range(start.as_slice()..end.as_slice())
+            .map_err(backend)?
+        {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, v) = entry.map_err(backend)?;
+            out.push(decode::<DeadDelivery>(
+                "webhook_dead_deliveries",
+                v.value(),
+            )?);
+        }
+        Ok(out)
+    }
+
+    async fn delete_dead_delivery(&self, tenant: &TenantId, delivery_id: &str) -> Result<bool> {
+        let key = key2(tenant.as_str(), delivery_id);
+        self.write(move |txn| {
+            let mut t = txn.open_table(DEAD_DELIVERIES).map_err(backend)?;
+            let removed = t.remove(key.as_slice()).map_err(backend)?.is_some();
+            Ok(removed)
+        })
+        .await
+    }
+
     async fn purge_expired(
         &self,
         now: UnixMillis,
@@ -944,6 +1033,19 @@ impl Storage for EmbeddedStorage {
     ) -> Result<usize> {
         self.write(move |txn| {
             let mut purged = 0usize;
+            {
+                let mut t = txn.open_table(DEAD_DELIVERIES).map_err(backend)?;
+                let before = t.len().map_err(backend)?;
+                t.retain(|_, v| {
+                    // Its challenge is purged at the same bound: nothing
+                    // left to redeliver.
+                    serde_json::from_slice::<DeadDelivery>(v)
+                        .map(|d| d.failed_at >= challenges_before)
+                        .unwrap_or(false)
+                })
+                .map_err(backend)?;
+                purged += (before - t.len().map_err(backend)?) as usize;
+            }
             {
                 let mut t = txn.open_table(USAGE).map_err(backend)?;
                 let before = t.len().map_err(backend)?;

@@ -24,6 +24,7 @@ use async_trait::async_trait;
 use sesame_core::audit::{AuditRecord, ChainHead};
 use sesame_core::model::{UsageReport, UserGuardState};
 use sesame_core::time::UnixMillis;
+use sesame_core::webhook::{DeadDelivery, WebhookEndpoint};
 use sesame_core::{
     ApiKeyRecord, Challenge, ChallengeId, Device, DeviceId, EnrollmentTicket, Resolution, Tenant,
     TenantId,
@@ -223,8 +224,28 @@ pub trait Storage: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<AuditRecord>>;
 
+    /// Sets (replaces) the tenant's webhook endpoint.
+    async fn put_webhook(&self, endpoint: &WebhookEndpoint) -> Result<()>;
+    async fn get_webhook(&self, tenant: &TenantId) -> Result<Option<WebhookEndpoint>>;
+    /// `false` when the tenant had none.
+    async fn delete_webhook(&self, tenant: &TenantId) -> Result<bool>;
+    /// Keeps a verdict delivery that was given up on (replacing one with
+    /// the same delivery id). Purged with the challenges' retention.
+    async fn put_dead_delivery(&self, dead: &DeadDelivery) -> Result<()>;
+    /// Up to `limit` of the tenant's dead deliveries with a delivery id
+    /// after `after`, by delivery id; only that tenant's.
+    async fn list_dead_deliveries(
+        &self,
+        tenant: &TenantId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadDelivery>>;
+    /// `false` when the tenant has no such dead delivery.
+    async fn delete_dead_delivery(&self, tenant: &TenantId, delivery_id: &str) -> Result<bool>;
+
     /// Deletes enrollment tickets expired before `now`, challenges that
-    /// expired before `challenges_before`, guard records whose last relevant
+    /// expired before `challenges_before` (and dead webhook deliveries
+    /// that failed before it), guard records whose last relevant
     /// time is before `guards_before`, and usage reports older than that and
     /// from an earlier UTC day. Returns how many records went.
     async fn purge_expired(

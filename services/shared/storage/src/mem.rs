@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use sesame_core::audit::{AuditRecord, ChainHead};
 use sesame_core::model::{UsageReport, UserGuardState};
 use sesame_core::time::UnixMillis;
+use sesame_core::webhook::{DeadDelivery, WebhookEndpoint};
 use sesame_core::{
     ApiKeyRecord, Challenge, ChallengeId, Device, DeviceId, EnrollmentTicket, Resolution, Tenant,
     TenantId,
@@ -28,6 +29,8 @@ struct Inner {
     usage: HashMap<(TenantId, String), UsageReport>,
     audit: BTreeMap<(String, u64), AuditRecord>,
     audit_heads: BTreeMap<String, ChainHead>,
+    webhooks: HashMap<TenantId, WebhookEndpoint>,
+    dead_deliveries: BTreeMap<(TenantId, String), DeadDelivery>,
 }
 
 #[derive(Default)]
@@ -361,6 +364,52 @@ impl Storage for MemStorage {
         Ok(out)
     }
 
+    async fn put_webhook(&self, endpoint: &WebhookEndpoint) -> Result<()> {
+        self.lock()?
+            .webhooks
+            .insert(endpoint.tenant_id.clone(), endpoint.clone());
+        Ok(())
+    }
+
+    async fn get_webhook(&self, tenant: &TenantId) -> Result<Option<WebhookEndpoint>> {
+        Ok(self.lock()?.webhooks.get(tenant).cloned())
+    }
+
+    async fn delete_webhook(&self, tenant: &TenantId) -> Result<bool> {
+        Ok(self.lock()?.webhooks.remove(tenant).is_some())
+    }
+
+    async fn put_dead_delivery(&self, dead: &DeadDelivery) -> Result<()> {
+        self.lock()?.dead_deliveries.insert(
+            (dead.tenant_id.clone(), dead.delivery_id.clone()),
+            dead.clone(),
+        );
+        Ok(())
+    }
+
+    async fn list_dead_deliveries(
+        &self,
+        tenant: &TenantId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadDelivery>> {
+        let g = self.lock()?;
+        Ok(g.dead_deliveries
+            .iter()
+            .filter(|((t, id), _)| t == tenant && after.is_none_or(|a| id.as_str() > a))
+            .take(limit)
+            .map(|(_, d)| d.clone())
+            .collect())
+    }
+
+    async fn delete_dead_delivery(&self, tenant: &TenantId, delivery_id: &str) -> Result<bool> {
+        Ok(self
+            .lock()?
+            .dead_deliveries
+            .remove(&(tenant.clone(), delivery_id.to_owned()))
+            .is_some())
+    }
+
     async fn purge_expired(
         &self,
         now: UnixMillis,
@@ -368,7 +417,11 @@ impl Storage for MemStorage {
         guards_before: UnixMillis,
     ) -> Result<usize> {
         let mut g = self.lock()?;
-        let before = g.enrollments.len() + g.challenges.len() + g.guards.len();
+        let dead_before = g.dead_deliveries.len();
+        g.dead_deliveries
+            .retain(|_, d| d.failed_at >= challenges_before);
+        let dead_purged = dead_before - g.dead_deliveries.len();
+        let before = g.enrollments.len() + g.challenges.len() + g.guards.len() + dead_purged;
         g.enrollments.retain(|_, t| t.expires_at > now);
         g.challenges
             .retain(|_, c| c.expires_at >= challenges_before);

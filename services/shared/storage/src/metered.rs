@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use sesame_core::audit::{AuditRecord, ChainHead};
 use sesame_core::model::{UsageReport, UserGuardState};
 use sesame_core::time::UnixMillis;
+use sesame_core::webhook::{DeadDelivery, WebhookEndpoint};
 use sesame_core::{
     ApiKeyRecord, Challenge, ChallengeId, Device, DeviceId, EnrollmentTicket, Resolution, Tenant,
     TenantId,
@@ -275,6 +276,47 @@ impl Storage for MeteredStorage {
     ) -> Result<Vec<AuditRecord>> {
         self.timed("query_audit", self.inner.query_audit(tenant, query, limit))
             .await
+    }
+
+    async fn put_webhook(&self, endpoint: &WebhookEndpoint) -> Result<()> {
+        self.timed("put_webhook", self.inner.put_webhook(endpoint))
+            .await
+    }
+
+    async fn get_webhook(&self, tenant: &TenantId) -> Result<Option<WebhookEndpoint>> {
+        self.timed("get_webhook", self.inner.get_webhook(tenant))
+            .await
+    }
+
+    async fn delete_webhook(&self, tenant: &TenantId) -> Result<bool> {
+        self.timed("delete_webhook", self.inner.delete_webhook(tenant))
+            .await
+    }
+
+    async fn put_dead_delivery(&self, dead: &DeadDelivery) -> Result<()> {
+        self.timed("put_dead_delivery", self.inner.put_dead_delivery(dead))
+            .await
+    }
+
+    async fn list_dead_deliveries(
+        &self,
+        tenant: &TenantId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadDelivery>> {
+        self.timed(
+            "list_dead_deliveries",
+            self.inner.list_dead_deliveries(tenant, after, limit),
+        )
+        .await
+    }
+
+    async fn delete_dead_delivery(&self, tenant: &TenantId, delivery_id: &str) -> Result<bool> {
+        self.timed(
+            "delete_dead_delivery",
+            self.inner.delete_dead_delivery(tenant, delivery_id),
+        )
+        .await
     }
 
     async fn purge_expired(

@@ -535,12 +535,22 @@ pub async fn purge_removes_only_expired(s: Store) {
         .put_user_guard(&t, "live-user", 0, &live_guard)
         .await
         .unwrap());
+    let mut old_dead = dead_delivery(&t, "vd_old");
+    old_dead.failed_at = 1_500;
+    s.put_dead_delivery(&old_dead).await.unwrap();
+    let live_dead = dead_delivery(&t, "vd_live");
+    s.put_dead_delivery(&live_dead).await.unwrap();
     let n = s.purge_expired(now_ms(), 2_000, 2_000).await.unwrap();
     match s.ttl_expiry() {
         // Rows with TTLs: the backend drops them by itself, soon.
         Some(lag) => tokio::time::sleep(lag).await,
-        None => assert!(n >= 3, "purged {n}"),
+        None => assert!(n >= 4, "purged {n}"),
     }
+    assert_eq!(
+        s.list_dead_deliveries(&t, None, 10).await.unwrap(),
+        vec![live_dead],
+        "a dead delivery goes with its challenge's retention"
+    );
     assert_eq!(
         s.get_user_guard(&t, "old-user").await.unwrap(),
         (0, UserGuardState::default())
@@ -878,6 +888,102 @@ pub async fn expiry_is_exact(s: Store) {
     assert_eq!(s.get_challenge(&c.id).await.unwrap(), Some(c));
 }
 
+fn dead_delivery(t: &TenantId, id: &str) -> sesame_core::webhook::DeadDelivery {
+    sesame_core::webhook::DeadDelivery {
+        tenant_id: t.clone(),
+        delivery_id: id.to_owned(),
+        challenge_id: ChallengeId::generate().to_string(),
+        attempts: 8,
+        last_error: "receiver answered 503".into(),
+        failed_at: now_ms(),
+    }
+}
+
+/// One endpoint per tenant, replaced whole, deleted once; dead deliveries
+/// listed per tenant in delivery-id order across pages, deleted once.
+pub async fn webhooks_and_dead_deliveries(s: Store) {
+    use sesame_core::webhook::{StoredSecret, WebhookEndpoint};
+    let (t, other) = (fresh_tenant(), fresh_tenant());
+    assert_eq!(s.get_webhook(&t).await.unwrap(), None);
+    let mut e = WebhookEndpoint {
+        tenant_id: t.clone(),
+        url: "https://idp.example.com/hook".into(),
+        secrets: vec![StoredSecret {
+            secret: sesame_core::webhook::Secret::generate().encode(),
+            created_at: 1,
+            retire_at: None,
+        }],
+        created_at: 1,
+        updated_at: 1,
+    };
+    s.put_webhook(&e).await.unwrap();
+    e.url = "https://idp.example.com/hook2".into();
+    e.secrets.push(StoredSecret {
+        secret: sesame_core::webhook::Secret::generate().encode(),
+        created_at: 2,
+        retire_at: Some(now_ms() + 60_000),
+    });
+    s.put_webhook(&e).await.unwrap();
+    assert_eq!(s.get_webhook(&t).await.unwrap(), Some(e.clone()));
+    assert_eq!(s.get_webhook(&other).await.unwrap(), None);
+    assert!(!s.delete_webhook(&other).await.unwrap());
+    assert!(s.delete_webhook(&t).await.unwrap());
+    assert!(!s.delete_webhook(&t).await.unwrap());
+    assert_eq!(s.get_webhook(&t).await.unwrap(), None);
+
+    let mut ids: Vec<String> = (0..7).map(|i| format!("vd_ch_{i:02}")).collect();
+    for id in ids.iter().rev() {
+        s.put_dead_delivery(&dead_delivery(&t, id)).await.unwrap();
+    }
+    s.put_dead_delivery(&dead_delivery(&other, "vd_ch_03"))
+        .await
+        .unwrap();
+    // Replacing keeps one row per delivery id.
+    let mut again = dead_delivery(&t, "vd_ch_03");
+    again.attempts = 9;
+    s.put_dead_delivery(&again).await.unwrap();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = s
+            .list_dead_deliveries(&t, after.as_deref(), 3)
+            .await
+            .unwrap();
+        assert!(page.len() <= 3);
+        assert!(page.iter().all(|d| d.tenant_id == t));
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|d| d.delivery_id.clone());
+        seen.extend(page);
+    }
+    assert_eq!(
+        seen.iter()
+            .map(|d| d.delivery_id.clone())
+            .collect::<Vec<_>>(),
+        ids
+    );
+    assert_eq!(seen[3].attempts, 9);
+    assert!(s.delete_dead_delivery(&t, "vd_ch_03").await.unwrap());
+    assert!(!s.delete_dead_delivery(&t, "vd_ch_03").await.unwrap());
+    ids.remove(3);
+    let left: Vec<String> = s
+        .list_dead_deliveries(&t, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.delivery_id)
+        .collect();
+    assert_eq!(left, ids);
+    assert_eq!(
+        s.list_dead_deliveries(&other, None, 100)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
 /// Expands to one `#[tokio::test]` per conformance case for the backend
 /// built by `$make` (an async expression yielding `Arc<dyn Storage>`).
 ///
@@ -913,7 +1019,8 @@ macro_rules! storage_suite {
             lists_span_pages,
             expiry_is_exact,
             audit_chains_read_back_in_order,
-            audit_queries_by_user_challenge_and_time
+            audit_queries_by_user_challenge_and_time,
+            webhooks_and_dead_deliveries
         );
     };
     (@cases $attrs:tt $make:expr; $($case:ident),*) => {
