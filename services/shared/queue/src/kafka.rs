@@ -8,6 +8,12 @@
 //! | retries (`sesame.push.retry`) | device id | the same group; a job waits for its `not_before` |
 //! | dead letters (`sesame.push.dead`) | device id | operators (reason in the `sesame-dead-reason` header) |
 //! | events (`sesame.events`) | challenge id (device id for dead tokens) | every `challenge` replica, each from "now" |
+//! | audit copies (`sesame.audit`) | audit chain | a SIEM |
+//! | webhook jobs (`sesame.webhooks`) | tenant id | the `challenge` replicas' webhook group |
+//! | webhook retries (`sesame.webhooks.retry`) | tenant id | the same group; a job waits for its `not_before` |
+//!
+//! An undecodable message on a consumed topic goes to the dead-letter topic
+//! as it is, with its source in the `sesame-dead-source` header.
 //!
 //! Delivery is at least once. Each producer has `acks=all` and idempotence;
 //! [`Queue::publish_pushes`] returns only once the broker has acknowledged
@@ -43,8 +49,8 @@ use sesame_core::audit::AuditRecord;
 use tokio::sync::{watch, Notify};
 
 use crate::{
-    Acker, Event, EventError, EventSubscriber, PushConsumer, PushDelivery, PushJob, Queue,
-    QueueError,
+    Acker, Delivery, Event, EventError, EventSubscriber, PushConsumer, PushDelivery, PushJob,
+    Queue, QueueError, WebhookConsumer, WebhookDelivery, WebhookJob,
 };
 
 /// Header naming why a message is in the dead-letter topic.
@@ -68,6 +74,11 @@ pub struct KafkaConfig {
     pub events_topic: String,
     /// A copy of every audit record, keyed by chain, for a SIEM to read.
     pub audit_topic: String,
+    /// Verdicts to deliver to tenants' webhooks, and their retries.
+    pub webhook_topic: String,
+    pub webhook_retry_topic: String,
+    /// The webhook senders' consumer group (the `challenge` replicas).
+    pub webhook_group: String,
     /// Partitions of the push and retry topics when they are created: the
     /// most dispatchers that can share the work.
     pub push_partitions: i32,
@@ -111,6 +122,9 @@ impl Default for KafkaConfig {
             dead_letter_topic: "sesame.push.dead".into(),
             events_topic: "sesame.events".into(),
             audit_topic: "sesame.audit".into(),
+            webhook_topic: "sesame.webhooks".into(),
+            webhook_retry_topic: "sesame.webhooks.retry".into(),
+            webhook_group: "sesame-webhooks".into(),
             push_partitions: 12,
             events_partitions: 6,
             replication_factor: 3,
@@ -173,6 +187,8 @@ impl KafkaConfig {
             ("dead_letter_topic", &self.dead_letter_topic),
             ("events_topic", &self.events_topic),
             ("audit_topic", &self.audit_topic),
+            ("webhook_topic", &self.webhook_topic),
+            ("webhook_retry_topic", &self.webhook_retry_topic),
         ];
         for (key, t) in topics {
             let valid = !t.is_empty()
@@ -189,7 +205,7 @@ impl KafkaConfig {
         names.sort();
         names.dedup();
         if names.len() != topics.len() {
-            return Err("kafka topics must have four different names".into());
+            return Err("kafka topics must all have different names".into());
         }
         if !(1..=10_000).contains(&self.push_partitions)
             || !(1..=10_000).contains(&self.events_partitions)
@@ -199,8 +215,11 @@ impl KafkaConfig {
         if !(1..=16).contains(&self.replication_factor) {
             return Err("kafka.replication_factor: 1-16".into());
         }
-        if self.consumer_group.is_empty() {
-            return Err("kafka.consumer_group must not be empty".into());
+        if self.consumer_group.is_empty() || self.webhook_group.is_empty() {
+            return Err("kafka.consumer_group and kafka.webhook_group must not be empty".into());
+        }
+        if self.consumer_group == self.webhook_group {
+            return Err("kafka.consumer_group and kafka.webhook_group must differ".into());
         }
         if !(100..=600_000).contains(&self.message_timeout_ms) {
             return Err("kafka.message_timeout_ms: 100-600000 (at most the challenge TTL)".into());
@@ -594,6 +613,8 @@ impl KafkaQueue {
             &config.dead_letter_topic,
             &config.events_topic,
             &config.audit_topic,
+            &config.webhook_topic,
+            &config.webhook_retry_topic,
         ] {
             crate::metrics::produce_errors_start(topic);
         }
@@ -616,6 +637,54 @@ impl KafkaQueue {
             closed,
             probe,
             closing: Arc::default(),
+        })
+    }
+
+    /// A member of consumer group `group` reading `topics`, whose offsets
+    /// are stored only up to the oldest job still in flight.
+    fn group_consumer<T>(
+        &self,
+        client_id: &str,
+        group: &str,
+        topics: &[&str],
+    ) -> Result<KafkaConsumer<T>, QueueError> {
+        let offsets = Arc::new(Mutex::new(Offsets::default()));
+        let ctx = Context {
+            health: self.health.clone(),
+            offsets: Some(offsets.clone()),
+        };
+        let mut c = self.config.client_config(client_id);
+        c.set("group.id", group)
+            .set("statistics.interval.ms", "5000")
+            .set(
+                "fetch.wait.max.ms",
+                self.config.fetch_wait_max_ms.to_string(),
+            )
+            .set("enable.auto.commit", "true")
+            .set(
+                "auto.commit.interval.ms",
+                self.config.commit_interval_ms.to_string(),
+            )
+            // Offsets are stored by us, only up to what is finished.
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "session.timeout.ms",
+                self.config.session_timeout_ms.to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (self.config.session_timeout_ms / 4).max(250).to_string(),
+            );
+        let consumer: StreamConsumer<Context> = c.create_with_context(ctx).map_err(backend)?;
+        consumer.subscribe(topics).map_err(backend)?;
+        Ok(KafkaConsumer {
+            consumer: OwnedConsumer::new(consumer, self.closing.clone()),
+            offsets,
+            closed: self.closed.subscribe(),
+            dead_letters: self.aux_producer.clone(),
+            dead_letter_topic: self.config.dead_letter_topic.clone(),
+            job: std::marker::PhantomData,
         })
     }
 
@@ -716,7 +785,7 @@ fn trace_headers(trace_id: &str) -> OwnedHeaders {
     }
 }
 
-/// Creates the five topics when missing (an existing topic is left as it is).
+/// Creates the topics when missing (an existing topic is left as it is).
 async fn ensure_topics(config: &KafkaConfig, ctx: Context) -> Result<(), QueueError> {
     let admin: AdminClient<Context> = config
         .client_config("sesame-admin")
@@ -729,6 +798,8 @@ async fn ensure_topics(config: &KafkaConfig, ctx: Context) -> Result<(), QueueEr
         (&config.dead_letter_topic, config.events_partitions),
         (&config.events_topic, config.events_partitions),
         (&config.audit_topic, config.events_partitions),
+        (&config.webhook_topic, config.events_partitions),
+        (&config.webhook_retry_topic, config.events_partitions),
     ]
     .into_iter()
     .map(|(name, partitions)| {
@@ -913,45 +984,36 @@ impl Queue for KafkaQueue {
     }
 
     async fn push_consumer(&self) -> Result<Box<dyn PushConsumer>, QueueError> {
-        let offsets = Arc::new(Mutex::new(Offsets::default()));
-        let ctx = Context {
-            health: self.health.clone(),
-            offsets: Some(offsets.clone()),
+        let c: KafkaConsumer<PushJob> = self.group_consumer(
+            "sesame-dispatcher",
+            &self.config.consumer_group,
+            &[&self.config.push_topic, &self.config.retry_topic],
+        )?;
+        Ok(Box::new(c))
+    }
+
+    async fn publish_webhook(&self, job: WebhookJob) -> Result<(), QueueError> {
+        let topic = if job.not_before > 0 {
+            &self.config.webhook_retry_topic
+        } else {
+            &self.config.webhook_topic
         };
-        let mut c = self.config.client_config("sesame-dispatcher");
-        c.set("group.id", &self.config.consumer_group)
-            .set("statistics.interval.ms", "5000")
-            .set(
-                "fetch.wait.max.ms",
-                self.config.fetch_wait_max_ms.to_string(),
-            )
-            .set("enable.auto.commit", "true")
-            .set(
-                "auto.commit.interval.ms",
-                self.config.commit_interval_ms.to_string(),
-            )
-            // Offsets are stored by us, only up to what is finished.
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set(
-                "session.timeout.ms",
-                self.config.session_timeout_ms.to_string(),
-            )
-            .set(
-                "heartbeat.interval.ms",
-                (self.config.session_timeout_ms / 4).max(250).to_string(),
-            );
-        let consumer: StreamConsumer<Context> = c.create_with_context(ctx).map_err(backend)?;
-        consumer
-            .subscribe(&[&self.config.push_topic, &self.config.retry_topic])
-            .map_err(backend)?;
-        Ok(Box::new(KafkaConsumer {
-            consumer: OwnedConsumer::new(consumer, self.closing.clone()),
-            offsets,
-            closed: self.closed.subscribe(),
-            dead_letters: self.aux_producer.clone(),
-            dead_letter_topic: self.config.dead_letter_topic.clone(),
-        }))
+        let f = self.send_aux(
+            topic,
+            job.tenant_id.as_str(),
+            &job.encode(),
+            trace_headers(&job.trace_id),
+        )?;
+        self.acknowledged(topic, vec![f]).await
+    }
+
+    async fn webhook_consumer(&self) -> Result<Box<dyn WebhookConsumer>, QueueError> {
+        let c: KafkaConsumer<WebhookJob> = self.group_consumer(
+            "sesame-webhooks",
+            &self.config.webhook_group,
+            &[&self.config.webhook_topic, &self.config.webhook_retry_topic],
+        )?;
+        Ok(Box::new(c))
     }
 
     async fn subscribe_events(&self) -> Result<Box<dyn EventSubscriber>, QueueError> {
@@ -1039,12 +1101,34 @@ impl Queue for KafkaQueue {
     }
 }
 
-struct KafkaConsumer {
+struct KafkaConsumer<T> {
     consumer: Arc<OwnedConsumer>,
     offsets: Arc<Mutex<Offsets>>,
     closed: watch::Receiver<bool>,
     dead_letters: FutureProducer<Context>,
     dead_letter_topic: String,
+    job: std::marker::PhantomData<fn() -> T>,
+}
+
+/// What a group consumer hands out.
+trait Job: Sized {
+    /// For metrics and logs.
+    const KIND: &'static str;
+    fn decode(bytes: &[u8]) -> Result<Self, String>;
+}
+
+impl Job for PushJob {
+    const KIND: &'static str = "push";
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        PushJob::decode(bytes)
+    }
+}
+
+impl Job for WebhookJob {
+    const KIND: &'static str = "webhook";
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        WebhookJob::decode(bytes)
+    }
 }
 
 struct KafkaAcker {
@@ -1079,8 +1163,21 @@ impl Acker for KafkaAcker {
 }
 
 #[async_trait]
-impl PushConsumer for KafkaConsumer {
+impl PushConsumer for KafkaConsumer<PushJob> {
     async fn next(&mut self) -> Option<PushDelivery> {
+        self.next_job().await
+    }
+}
+
+#[async_trait]
+impl WebhookConsumer for KafkaConsumer<WebhookJob> {
+    async fn next(&mut self) -> Option<WebhookDelivery> {
+        self.next_job().await
+    }
+}
+
+impl<T: Job> KafkaConsumer<T> {
+    async fn next_job(&mut self) -> Option<Delivery<T>> {
         loop {
             if *self.closed.borrow() {
                 return None;
@@ -1124,8 +1221,8 @@ impl PushConsumer for KafkaConsumer {
                 generation,
             };
             let bytes = payload.unwrap_or_default();
-            match PushJob::decode(&bytes) {
-                Ok(job) => return Some(PushDelivery::new(job, Some(Box::new(acker)))),
+            match T::decode(&bytes) {
+                Ok(job) => return Some(Delivery::new(job, Some(Box::new(acker)))),
                 Err(reason) => {
                     if self.poison(&acker, &bytes, &reason).await {
                         Box::new(acker).ack();
@@ -1134,16 +1231,14 @@ impl PushConsumer for KafkaConsumer {
             }
         }
     }
-}
 
-impl KafkaConsumer {
     /// An undecodable message goes to dead letters as it is, and the
     /// consumer moves on: one bad message must not stop delivery.
     async fn poison(&self, at: &KafkaAcker, bytes: &[u8], reason: &str) -> bool {
-        crate::metrics::undecodable("push");
+        crate::metrics::undecodable(T::KIND);
         let source = format!("{}/{}/{}", at.topic, at.partition, at.offset);
-        tracing::warn!(%source, %reason, "undecodable push job moved to dead letters");
-        let reason = format!("undecodable push job: {reason}");
+        tracing::warn!(%source, %reason, kind = T::KIND, "undecodable job moved to dead letters");
+        let reason = format!("undecodable {} job: {reason}", T::KIND);
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: DEAD_REASON_HEADER,

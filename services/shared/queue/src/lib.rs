@@ -65,6 +65,41 @@ impl PushJob {
     }
 }
 
+/// One verdict to deliver to a tenant's webhook. It names the challenge
+/// only: the body is built from the stored, final challenge when sent (the
+/// same bytes on every attempt), and the endpoint and its secrets are read
+/// then too, so a job in the queue holds no secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookJob {
+    pub tenant_id: TenantId,
+    pub challenge_id: ChallengeId,
+    /// `webhook-id`: the same on every attempt and redelivery.
+    pub delivery_id: String,
+    /// 0 for the first try; retries count up.
+    pub attempt: u32,
+    /// Not sent before this time (0: at once).
+    #[serde(default)]
+    pub not_before: UnixMillis,
+    pub enqueued_at: UnixMillis,
+    #[serde(default)]
+    pub trace_id: String,
+    /// Asked for by the tenant (`RedeliverWebhook`): its dead delivery is
+    /// removed once this one succeeds.
+    #[serde(default)]
+    pub redelivery: bool,
+}
+
+impl WebhookJob {
+    pub fn encode(&self) -> Vec<u8> {
+        // Plain strings and integers: cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<WebhookJob, String> {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
+}
+
 /// Events fanned out to every interested replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
@@ -149,15 +184,20 @@ pub trait Acker: Send {
     fn ack(self: Box<Self>);
 }
 
-/// A push job handed to a dispatcher, to be acknowledged once its outcome is known.
-pub struct PushDelivery {
-    pub job: PushJob,
+/// A job handed to a consumer, to be acknowledged once its outcome is known.
+pub struct Delivery<T> {
+    pub job: T,
     acker: Option<Box<dyn Acker>>,
 }
 
-impl PushDelivery {
-    pub fn new(job: PushJob, acker: Option<Box<dyn Acker>>) -> Self {
-        PushDelivery { job, acker }
+/// A push job for a dispatcher.
+pub type PushDelivery = Delivery<PushJob>;
+/// A verdict for a webhook sender.
+pub type WebhookDelivery = Delivery<WebhookJob>;
+
+impl<T> Delivery<T> {
+    pub fn new(job: T, acker: Option<Box<dyn Acker>>) -> Self {
+        Delivery { job, acker }
     }
 
     pub fn ack(mut self) {
@@ -171,6 +211,12 @@ impl PushDelivery {
 pub trait PushConsumer: Send {
     /// The next job; `None` once the queue is closed.
     async fn next(&mut self) -> Option<PushDelivery>;
+}
+
+#[async_trait]
+pub trait WebhookConsumer: Send {
+    /// The next job; `None` once the queue is closed.
+    async fn next(&mut self) -> Option<WebhookDelivery>;
 }
 
 #[async_trait]
@@ -213,6 +259,14 @@ pub trait Queue: Send + Sync + 'static {
     /// Parks a job that cannot be delivered (permanent failure, retries
     /// exhausted) with the reason, for operators to inspect.
     async fn publish_dead_letter(&self, job: &PushJob, reason: &str) -> Result<(), QueueError>;
+
+    /// Enqueues a verdict for the tenant's webhook, or a retry of one (its
+    /// `not_before` in the future; Kafka: the webhook retry topic), and
+    /// returns once it is durable in the backend. Fails fast when full.
+    async fn publish_webhook(&self, job: WebhookJob) -> Result<(), QueueError>;
+
+    /// A consumer of webhook jobs; consumers share the jobs between them.
+    async fn webhook_consumer(&self) -> Result<Box<dyn WebhookConsumer>, QueueError>;
 
     /// Publishes an event to every subscriber; never blocks.
     fn publish_event(&self, event: Event) -> Result<(), QueueError>;

@@ -10,6 +10,7 @@ use tokio::sync::broadcast;
 
 use crate::{
     Event, EventError, EventSubscriber, PushConsumer, PushDelivery, PushJob, Queue, QueueError,
+    WebhookConsumer, WebhookDelivery, WebhookJob,
 };
 
 #[derive(Debug, Clone)]
@@ -20,6 +21,8 @@ pub struct MemQueueConfig {
     pub event_capacity: usize,
     /// Dead letters kept for inspection (the oldest go first).
     pub dead_letter_capacity: usize,
+    /// Webhook jobs (fresh and retries) that may wait for a sender.
+    pub webhook_capacity: usize,
 }
 
 impl Default for MemQueueConfig {
@@ -28,6 +31,7 @@ impl Default for MemQueueConfig {
             push_capacity: 100_000,
             event_capacity: 16_384,
             dead_letter_capacity: 1_000,
+            webhook_capacity: 50_000,
         }
     }
 }
@@ -41,12 +45,15 @@ pub struct MemQueue {
     events: broadcast::Sender<Event>,
     dead_letters: std::sync::Mutex<VecDeque<(PushJob, String)>>,
     dead_letter_capacity: usize,
+    webhook_tx: async_channel::Sender<WebhookJob>,
+    webhook_rx: async_channel::Receiver<WebhookJob>,
 }
 
 impl MemQueue {
     pub fn new(config: MemQueueConfig) -> Self {
         let (push_tx, push_rx) = async_channel::bounded(config.push_capacity.max(1));
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
+        let (webhook_tx, webhook_rx) = async_channel::bounded(config.webhook_capacity.max(1));
         MemQueue {
             publish: std::sync::Mutex::new(()),
             push_tx,
@@ -54,6 +61,8 @@ impl MemQueue {
             events,
             dead_letters: std::sync::Mutex::new(VecDeque::new()),
             dead_letter_capacity: config.dead_letter_capacity.max(1),
+            webhook_tx,
+            webhook_rx,
         }
     }
 
@@ -86,6 +95,19 @@ impl PushConsumer for MemConsumer {
             .await
             .ok()
             .map(|job| PushDelivery::new(job, None))
+    }
+}
+
+struct MemWebhooks(async_channel::Receiver<WebhookJob>);
+
+#[async_trait]
+impl WebhookConsumer for MemWebhooks {
+    async fn next(&mut self) -> Option<WebhookDelivery> {
+        self.0
+            .recv()
+            .await
+            .ok()
+            .map(|job| WebhookDelivery::new(job, None))
     }
 }
 
@@ -159,6 +181,18 @@ impl Queue for MemQueue {
         Ok(())
     }
 
+    async fn publish_webhook(&self, job: WebhookJob) -> Result<(), QueueError> {
+        // A retry carries its `not_before`; the sender that takes it waits.
+        self.webhook_tx.try_send(job).map_err(|e| match e {
+            async_channel::TrySendError::Full(_) => QueueError::Full("webhook jobs"),
+            async_channel::TrySendError::Closed(_) => QueueError::Closed,
+        })
+    }
+
+    async fn webhook_consumer(&self) -> Result<Box<dyn WebhookConsumer>, QueueError> {
+        Ok(Box::new(MemWebhooks(self.webhook_rx.clone())))
+    }
+
     fn publish_event(&self, event: Event) -> Result<(), QueueError> {
         // No subscriber is not an error: nobody is watching.
         let _ = self.events.send(event);
@@ -175,6 +209,7 @@ impl Queue for MemQueue {
 
     fn close(&self) {
         self.push_tx.close();
+        self.webhook_tx.close();
     }
 }
 
