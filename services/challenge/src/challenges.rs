@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{Shutdown, TenantAuth, WatchHub};
 use sesame_grpc::auth::Origin;
+use sesame_webhook::Notifier;
 
 pub struct ChallengeApi {
     storage: Arc<dyn Storage>,
@@ -35,6 +36,7 @@ pub struct ChallengeApi {
     shutdown: Shutdown,
     watch_resync: Duration,
     audit: AuditLog,
+    webhooks: Notifier,
 }
 
 pub fn challenge_out(c: &Challenge, now: i64) -> pb::Challenge {
@@ -76,7 +78,14 @@ impl ChallengeApi {
             shutdown: Shutdown::never(),
             watch_resync: WATCH_RESYNC,
             audit: AuditLog::disabled(),
+            webhooks: Notifier::disabled(),
         }
+    }
+
+    /// Announces cancellations to the tenant's webhook.
+    pub fn with_webhooks(mut self, webhooks: Notifier) -> Self {
+        self.webhooks = webhooks;
+        self
     }
 
     /// Records creations, refusals and cancellations in the audit trail.
@@ -122,6 +131,7 @@ impl ChallengeApi {
             guard: self.guard.clone(),
             quotas: self.quotas.clone(),
             audit: self.audit.clone(),
+            webhooks: self.webhooks.clone(),
         }
     }
 }
@@ -176,6 +186,7 @@ struct Creator {
     guard: Arc<UserGuard>,
     quotas: Option<Arc<TenantLimiter>>,
     audit: AuditLog,
+    webhooks: Notifier,
 }
 
 impl Creator {
@@ -460,6 +471,7 @@ impl Creator {
                     challenge_id: old.clone(),
                     status: ChallengeStatus::Cancelled.into(),
                 });
+                self.webhooks.verdict(tenant, old, "").await;
             }
             // Answered or expired in the meantime: nothing to cancel.
             Err(StorageError::Transition(_)) | Err(StorageError::NotFound(_)) => {}
@@ -635,8 +647,12 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
         };
         // Resolve and announce in a task of its own: if this call is cancelled
         // after the commit, the event must still go out.
-        let (storage, queue, audit) =
-            (self.storage.clone(), self.queue.clone(), self.audit.clone());
+        let (storage, queue, audit, webhooks) = (
+            self.storage.clone(),
+            self.queue.clone(),
+            self.audit.clone(),
+            self.webhooks.clone(),
+        );
         let c = tokio::spawn(async move {
             let c = storage.resolve_challenge(&c.id, &resolution, now).await?;
             audit.record(
@@ -646,10 +662,11 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
                     .challenge(&c.id),
             );
             let _ = queue.publish_event(Event::Verdict {
-                tenant_id: tenant,
+                tenant_id: tenant.clone(),
                 challenge_id: c.id.clone(),
                 status: ChallengeStatus::Cancelled.into(),
             });
+            webhooks.verdict(&tenant, &c.id, "").await;
             metrics::counter!(crate::metrics::CHALLENGES_CANCELLED, "tenant" => c.tenant_id.to_string())
                 .increment(1);
             Ok::<_, StorageError>(c)

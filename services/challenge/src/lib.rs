@@ -5,6 +5,8 @@
 //! - [`WatchHub`]: wakes watch streams when an event says a challenge changed;
 //! - [`TenantAuth`]: API-key authentication, keys stored as SHA-256 hashes;
 //! - [`AuditApi`]: a tenant's own audit trail;
+//! - [`WebhookApi`]: a tenant's verdict webhook (endpoint, secrets, dead
+//!   deliveries); deliveries are `sesame_webhook`'s, whose worker this role runs;
 //! - [`TenantAdminApi`]: the operator's API for tenants and their keys, and
 //!   the whole audit trail for `sesame audit verify`.
 //!
@@ -19,6 +21,7 @@ mod hub;
 mod limits;
 pub mod metrics;
 mod shutdown;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -30,6 +33,7 @@ pub use hub::WatchHub;
 pub use limits::{guard_error, refusal};
 pub use sesame_grpc::{apikey, TenantAuth};
 pub use shutdown::Shutdown;
+pub use webhooks::WebhookApi;
 
 use sesame_queue::{Event, EventError, Queue};
 use sesame_storage::Storage;

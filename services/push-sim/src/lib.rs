@@ -24,6 +24,7 @@ pub mod credentials;
 pub mod fcm;
 mod server;
 pub mod tls;
+pub mod webhook;
 
 pub use control::{DeviceState, Fault, FaultRule, SimControl};
 pub use server::Running;

@@ -87,6 +87,8 @@ pub struct Config {
     /// 0: connections live as long as the client keeps them.
     pub max_connection_age_seconds: u64,
     pub dispatcher: DispatcherSection,
+    /// `[webhook]`: delivery of signed verdict webhooks (the `challenge` role).
+    pub webhook: WebhookSection,
     pub guard: GuardSection,
     pub quotas: QuotaSection,
     pub ratelimit: RateLimitSection,
@@ -284,6 +286,104 @@ impl Default for DispatcherSection {
     }
 }
 
+/// `[webhook]`: how verdicts reach tenants' endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSection {
+    /// Tries per delivery, the first included; then it is dead-lettered.
+    pub max_attempts: u32,
+    /// First retry delay; doubles each attempt, with full jitter.
+    pub base_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// One request's limit (connect, TLS, answer).
+    pub timeout_ms: u64,
+    /// Requests in flight at once, and to one tenant's endpoint.
+    pub concurrency: usize,
+    pub per_tenant_concurrency: usize,
+    /// Non-public address ranges (CIDR) webhooks may go to, e.g.
+    /// `["10.20.0.0/16"]` for an internal gateway. Empty: public addresses
+    /// only (loopback, private, link-local and metadata addresses refused).
+    pub allow_private: Vec<String>,
+    /// Extra trusted CA certificates (PEM file) for receivers, on top of
+    /// the public roots. Empty: none.
+    pub ca_file: String,
+    /// How long a tenant's endpoint is cached per process.
+    pub cache_ttl_ms: u64,
+}
+
+impl Default for WebhookSection {
+    fn default() -> Self {
+        let d = sesame_webhook::WebhookConfig::default();
+        WebhookSection {
+            max_attempts: d.max_attempts,
+            base_backoff_ms: d.base_backoff.as_millis() as u64,
+            max_backoff_ms: d.max_backoff.as_millis() as u64,
+            timeout_ms: d.timeout.as_millis() as u64,
+            concurrency: d.concurrency,
+            per_tenant_concurrency: d.per_tenant_concurrency,
+            allow_private: Vec::new(),
+            ca_file: String::new(),
+            cache_ttl_ms: d.cache_ttl.as_millis() as u64,
+        }
+    }
+}
+
+impl WebhookSection {
+    /// The library's settings; reads `ca_file`.
+    pub fn to_config(&self) -> anyhow::Result<sesame_webhook::WebhookConfig> {
+        let allow = sesame_core::webhook::AddressPolicy::parse(&self.allow_private)
+            .map_err(|e| anyhow::anyhow!("webhook.allow_private: {e}"))?;
+        let extra_ca_pem = if self.ca_file.is_empty() {
+            None
+        } else {
+            Some(
+                std::fs::read_to_string(&self.ca_file)
+                    .map_err(|e| anyhow::anyhow!("webhook.ca_file {}: {e}", self.ca_file))?,
+            )
+        };
+        Ok(sesame_webhook::WebhookConfig {
+            max_attempts: self.max_attempts,
+            base_backoff: std::time::Duration::from_millis(self.base_backoff_ms),
+            max_backoff: std::time::Duration::from_millis(self.max_backoff_ms),
+            timeout: std::time::Duration::from_millis(self.timeout_ms),
+            concurrency: self.concurrency,
+            per_tenant_concurrency: self.per_tenant_concurrency,
+            allow,
+            extra_ca_pem,
+            cache_ttl: std::time::Duration::from_millis(self.cache_ttl_ms),
+            ..Default::default()
+        })
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=100).contains(&self.max_attempts),
+            "webhook.max_attempts: 1-100"
+        );
+        anyhow::ensure!(
+            (1..=3_600_000).contains(&self.base_backoff_ms)
+                && self.base_backoff_ms <= self.max_backoff_ms
+                && self.max_backoff_ms <= 86_400_000,
+            "webhook: need 1 <= base_backoff_ms <= max_backoff_ms <= 86400000"
+        );
+        anyhow::ensure!(
+            (100..=120_000).contains(&self.timeout_ms),
+            "webhook.timeout_ms: 100-120000"
+        );
+        anyhow::ensure!(
+            (1..=100_000).contains(&self.concurrency)
+                && (1..=self.concurrency).contains(&self.per_tenant_concurrency),
+            "webhook: need 1 <= per_tenant_concurrency <= concurrency <= 100000"
+        );
+        anyhow::ensure!(
+            self.cache_ttl_ms <= 600_000,
+            "webhook.cache_ttl_ms: 0-600000"
+        );
+        self.to_config()?;
+        Ok(())
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -314,6 +414,7 @@ impl Default for Config {
             shutdown_announce_seconds: 0,
             max_connection_age_seconds: 0,
             dispatcher: DispatcherSection::default(),
+            webhook: WebhookSection::default(),
             guard: GuardSection::default(),
             quotas: QuotaSection::default(),
             ratelimit: RateLimitSection::default(),
@@ -514,6 +615,7 @@ impl Config {
             "max_connection_age_seconds = {}: 0 (no limit) or 10-86400",
             self.max_connection_age_seconds
         );
+        self.webhook.validate()?;
         anyhow::ensure!(
             self.dispatcher.concurrency >= 1,
             "dispatcher.concurrency must be at least 1"

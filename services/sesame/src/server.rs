@@ -25,6 +25,7 @@ use sesame_proto::simulator::v1::push_inbox_server::PushInboxServer;
 use sesame_proto::tenant::v1::audit_service_server::AuditServiceServer;
 use sesame_proto::tenant::v1::challenge_service_server::ChallengeServiceServer;
 use sesame_proto::tenant::v1::enrollment_service_server::EnrollmentServiceServer;
+use sesame_proto::tenant::v1::webhook_service_server::WebhookServiceServer;
 use sesame_push::SimulatorProvider;
 use sesame_queue::{KafkaConfig, KafkaQueue, MemQueue, MemQueueConfig, Queue};
 use sesame_ratelimit::{
@@ -46,6 +47,7 @@ pub const ADMIN_KEY_FILE: &str = "admin.key";
 const ADMIN_SERVICE: &str = "sesame.admin.v1.TenantAdminService";
 const AUDIT_ADMIN_SERVICE: &str = "sesame.admin.v1.AuditAdminService";
 const AUDIT_SERVICE: &str = "sesame.tenant.v1.AuditService";
+const WEBHOOK_SERVICE: &str = "sesame.tenant.v1.WebhookService";
 const ENROLLMENT_SERVICE: &str = "sesame.tenant.v1.EnrollmentService";
 const CHALLENGE_SERVICE: &str = "sesame.tenant.v1.ChallengeService";
 const DEVICE_SERVICE: &str = "sesame.device.v1.DeviceService";
@@ -408,6 +410,39 @@ impl Sesame {
             }
             None => (None, None),
         };
+        // Verdict webhooks: whoever commits a verdict enqueues it; the
+        // challenge role's worker delivers.
+        let webhook_config = config.webhook.to_config()?;
+        let endpoints = sesame_webhook::Endpoints::new(storage.clone(), webhook_config.cache_ttl);
+        let notifier =
+            sesame_webhook::Notifier::new(queue.clone(), storage.clone(), endpoints.clone());
+        let webhook_api = roles.challenge.then(|| {
+            WebhookServiceServer::new(sesame_challenge::WebhookApi::new(
+                storage.clone(),
+                queue.clone(),
+                auth.clone(),
+                audit.clone(),
+                endpoints.clone(),
+                webhook_config.allow.clone(),
+            ))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        });
+        let webhooks_done = if roles.challenge {
+            health
+                .set_service_status(WEBHOOK_SERVICE, tonic_health::ServingStatus::Serving)
+                .await;
+            let worker = sesame_webhook::Worker::new(
+                queue.clone(),
+                storage.clone(),
+                endpoints.clone(),
+                webhook_config.clone(),
+                audit.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("webhook sender: {e}"))?;
+            Some(tokio::spawn(worker.run()))
+        } else {
+            None
+        };
         let audit_api = roles.challenge.then(|| {
             AuditServiceServer::new(AuditApi::new(storage.clone(), auth.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -447,6 +482,7 @@ impl Sesame {
                         )
                         .with_quotas(quotas.clone())
                         .with_audit(audit.clone())
+                        .with_webhooks(notifier.clone())
                         .with_shutdown(streams_shutdown.clone())
                         .with_watch_resync(Duration::from_millis(config.watch_resync_ms)),
                     )
@@ -474,7 +510,8 @@ impl Sesame {
                     config.max_devices_per_user,
                 )
                 .with_push_apps(push_catalog.clone())
-                .with_audit(audit.clone()),
+                .with_audit(audit.clone())
+                .with_webhooks(notifier.clone()),
             )
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
         });
@@ -563,6 +600,7 @@ impl Sesame {
                 RATELIMIT_SERVICE,
                 ADMIN_SERVICE,
                 AUDIT_SERVICE,
+                WEBHOOK_SERVICE,
                 AUDIT_ADMIN_SERVICE,
             ] {
                 health_for_drain
@@ -606,6 +644,7 @@ impl Sesame {
             .add_optional_service(tenant_admin)
             .add_optional_service(audit_admin)
             .add_optional_service(audit_api)
+            .add_optional_service(webhook_api)
             .add_optional_service(inbox)
             .add_optional_service(gateway);
         let stop_signal = async {
@@ -653,6 +692,11 @@ impl Sesame {
         if let Some(done) = dispatcher_done {
             if tokio::time::timeout(grace, done).await.is_err() {
                 tracing::warn!("dispatcher did not drain within the grace period");
+            }
+        }
+        if let Some(done) = webhooks_done {
+            if tokio::time::timeout(grace, done).await.is_err() {
+                tracing::warn!("webhook deliveries did not drain within the grace period");
             }
         }
         // What the last calls and pushes recorded, before the store goes.

@@ -54,6 +54,7 @@ pub fn prometheus() -> Option<PrometheusHandle> {
             sesame_push::metrics::describe();
             sesame_storage::metered::describe();
             sesame_queue::metrics::describe();
+            sesame_webhook::metrics::describe();
             // Histograms are drained only by rendering or upkeep: without a
             // scraper they would grow, so run upkeep in the background.
             let upkeep = handle.clone();

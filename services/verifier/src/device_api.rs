@@ -18,6 +18,7 @@ use sesame_proto::device::v1 as pb;
 use sesame_queue::{AuditEvent, AuditKind, Event, Queue};
 use sesame_ratelimit::{Escalation, UserGuard};
 use sesame_storage::{Storage, StorageError};
+use sesame_webhook::Notifier;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
@@ -31,6 +32,7 @@ pub struct DeviceApi {
     max_devices_per_user: usize,
     push_apps: Arc<PushAppCatalog>,
     audit: AuditLog,
+    webhooks: Notifier,
 }
 
 /// Method names inside signed device requests (part of the protocol).
@@ -111,7 +113,14 @@ impl DeviceApi {
             max_devices_per_user,
             push_apps: Arc::new(PushAppCatalog::default()),
             audit: AuditLog::disabled(),
+            webhooks: Notifier::disabled(),
         }
+    }
+
+    /// Announces verdicts to the tenant's webhook.
+    pub fn with_webhooks(mut self, webhooks: Notifier) -> Self {
+        self.webhooks = webhooks;
+        self
     }
 
     /// Records enrollments, answers (accepted and refused) and the guard's
@@ -417,12 +426,13 @@ impl DeviceApi {
         // Resolve and announce in a task of its own: if this call is
         // cancelled after the commit, watchers must still hear of it.
         let resolution_device = resolution.device_id.clone();
-        let (storage, queue, guard, id, audit) = (
+        let (storage, queue, guard, id, audit, webhooks) = (
             self.storage.clone(),
             self.queue.clone(),
             self.guard.clone(),
             challenge.id.clone(),
             self.audit.clone(),
+            self.webhooks.clone(),
         );
         let accepted = entry(AuditAction::AnswerAccepted);
         let span = tracing::Span::current();
@@ -437,6 +447,7 @@ impl DeviceApi {
                 challenge_id: resolved.id.clone(),
                 status: resolved.status(now).into(),
             });
+            webhooks.verdict(&resolved.tenant_id, &resolved.id, "").await;
             // Denials feed the push-bombing guard: escalation, lock, mute.
             if let Outcome::Denied(reason) = outcome {
                 let fraud = reason == DenyReason::FraudReported;

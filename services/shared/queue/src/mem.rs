@@ -242,6 +242,7 @@ mod tests {
             push_capacity: 3,
             event_capacity: 4,
             dead_letter_capacity: 2,
+            webhook_capacity: 1,
         });
         q.publish_pushes(vec![job(), job()]).await.unwrap();
         assert_eq!(
@@ -258,6 +259,36 @@ mod tests {
         assert!(c.next().await.is_some());
         q.close();
         assert!(c.next().await.is_some());
+        assert!(c.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn webhook_jobs_are_bounded_and_round_trip() {
+        let q = MemQueue::new(MemQueueConfig {
+            webhook_capacity: 1,
+            ..Default::default()
+        });
+        let job = WebhookJob {
+            tenant_id: TenantId::parse("t").unwrap(),
+            challenge_id: ChallengeId::generate(),
+            delivery_id: "vd_x".into(),
+            attempt: 2,
+            not_before: 5,
+            enqueued_at: 1,
+            trace_id: String::new(),
+            redelivery: true,
+        };
+        assert_eq!(WebhookJob::decode(&job.encode()), Ok(job.clone()));
+        assert!(WebhookJob::decode(b"{}").is_err());
+        let mut c = q.webhook_consumer().await.unwrap();
+        q.publish_webhook(job.clone()).await.unwrap();
+        assert_eq!(
+            q.publish_webhook(job.clone()).await,
+            Err(QueueError::Full("webhook jobs"))
+        );
+        assert_eq!(c.next().await.map(|d| d.job), Some(job.clone()));
+        q.close();
+        assert_eq!(q.publish_webhook(job).await, Err(QueueError::Closed));
         assert!(c.next().await.is_none());
     }
 
