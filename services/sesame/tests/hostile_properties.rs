@@ -35,6 +35,7 @@ use sesame_proto::ratelimit::v1 as rpb;
 use sesame_proto::ratelimit::v1::rate_limit_service_client::RateLimitServiceClient;
 use sesame_proto::tenant::v1 as pb;
 use sesame_proto::tenant::v1::audit_service_client::AuditServiceClient;
+use sesame_proto::tenant::v1::webhook_service_client::WebhookServiceClient;
 use tonic::Code;
 
 /// Bytes shaped like a protobuf message: fields 1-12 of every wire type,
@@ -281,6 +282,22 @@ impl World {
         });
         each!(apb::ReadAuditChainRequest, "ReadAuditChain", |m| audit_adm
             .read_audit_chain(self.admin(m)));
+
+        let mut hooks = WebhookServiceClient::new(h.channel.clone());
+        each!(pb::SetWebhookRequest, "SetWebhook", |m| hooks
+            .set_webhook(h.req(m)));
+        each!(pb::GetWebhookRequest, "GetWebhook", |m| hooks
+            .get_webhook(h.req(m)));
+        // Destructive calls from the other tenant again.
+        each!(pb::DeleteWebhookRequest, "DeleteWebhook", |m| hooks
+            .delete_webhook(h.req_other(m)));
+        each!(pb::RotateWebhookSecretRequest, "RotateWebhookSecret", |m| {
+            hooks.rotate_webhook_secret(h.req_other(m))
+        });
+        each!(pb::ListDeadDeliveriesRequest, "ListDeadDeliveries", |m| hooks
+            .list_dead_deliveries(h.req(m)));
+        each!(pb::RedeliverWebhookRequest, "RedeliverWebhook", |m| hooks
+            .redeliver_webhook(h.req(m)));
         Ok(())
     }
 }
@@ -317,6 +334,10 @@ fn every_rpc_answers_hostile_input_with_a_documented_status() {
             sesame_core::ChallengeId::generate().to_string(),
             sesame_core::DeviceId::generate().to_string(),
             "0123456789abcdef".to_owned(),
+            format!("vd_{}", pending.challenge_id),
+            // Endpoints the SSRF guard must refuse.
+            "https://localhost:1/hook".to_owned(),
+            "https://203.0.113.9/hook".to_owned(),
         ];
         (
             World {
@@ -369,7 +390,7 @@ fn every_rpc_answers_hostile_input_with_a_documented_status() {
     // The generator must reach every RPC, or the test proves little.
     assert_eq!(
         tally.sent.len(),
-        25,
+        31,
         "RPCs reached: {:?}",
         tally.sent.keys()
     );

@@ -178,24 +178,14 @@ impl Sender {
         ::metrics::histogram!(crate::metrics::REQUEST_SECONDS)
             .record(started.elapsed().as_secs_f64());
         match sent {
-            Ok(r) if r.status().is_success() => Attempt::Delivered {
-                status: r.status().as_u16(),
-            },
-            Ok(r) => {
-                let after = r
-                    .headers()
+            // The body is never read: nothing the receiver says matters
+            // beyond its status and when to come back.
+            Ok(r) => read_answer(
+                r.status().as_u16(),
+                r.headers()
                     .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
-                let status = r.status();
-                let reason = if status.is_redirection() {
-                    format!("receiver answered {status} (redirects are not followed)")
-                } else {
-                    format!("receiver answered {status}")
-                };
-                Attempt::Retry { reason, after }
-            }
+                    .and_then(|v| v.to_str().ok()),
+            ),
             Err(e) => {
                 let (reason, blocked) = error_chain(&e);
                 if blocked {
@@ -209,6 +199,24 @@ impl Sender {
             }
         }
     }
+}
+
+/// What a receiver's answer means: 2xx delivered, anything else another
+/// try, after `Retry-After` seconds when it gave them (an HTTP date or
+/// garbage is ignored; the worker caps the wait at its `max_backoff`).
+pub fn read_answer(status: u16, retry_after: Option<&str>) -> Attempt {
+    if (200..300).contains(&status) {
+        return Attempt::Delivered { status };
+    }
+    let after = retry_after
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let reason = if (300..400).contains(&status) {
+        format!("receiver answered {status} (redirects are not followed)")
+    } else {
+        format!("receiver answered {status}")
+    };
+    Attempt::Retry { reason, after }
 }
 
 fn now_secs() -> i64 {

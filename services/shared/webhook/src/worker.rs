@@ -360,3 +360,101 @@ impl Worker {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sender::read_answer;
+    use sesame_core::model::{DenyReason, Resolution};
+
+    #[test]
+    fn backoff_grows_with_full_jitter_and_is_capped() {
+        let c = WebhookConfig {
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(1_000),
+            ..Default::default()
+        };
+        for attempt in 1..40 {
+            let cap = (100u64 << (attempt - 1).min(16)).min(1_000);
+            for _ in 0..50 {
+                let d = retry_delay(&c, attempt, None).as_millis() as u64;
+                assert!(d <= cap, "attempt {attempt}: {d} > {cap}");
+            }
+        }
+        // The receiver's Retry-After is honoured, but not past the cap.
+        assert_eq!(
+            retry_delay(&c, 1, Some(Duration::from_millis(300))),
+            Duration::from_millis(300)
+        );
+        assert_eq!(
+            retry_delay(&c, 1, Some(Duration::from_secs(3_600))),
+            Duration::from_millis(1_000)
+        );
+    }
+
+    #[test]
+    fn only_2xx_is_a_delivery() {
+        for s in [200, 201, 204, 299] {
+            assert_eq!(read_answer(s, None), Attempt::Delivered { status: s });
+        }
+        for s in [0, 100, 199, 301, 400, 401, 404, 410, 429, 500, 503, 999] {
+            assert!(matches!(read_answer(s, Some("x")), Attempt::Retry { after: None, .. }));
+        }
+        assert!(matches!(
+            read_answer(302, None),
+            Attempt::Retry { reason, .. } if reason.contains("redirects are not followed")
+        ));
+        assert_eq!(
+            read_answer(503, Some(" 7 ")),
+            Attempt::Retry {
+                reason: "receiver answered 503".into(),
+                after: Some(Duration::from_secs(7))
+            }
+        );
+    }
+
+    fn challenge(resolution: Option<Resolution>) -> Challenge {
+        Challenge {
+            id: sesame_core::ChallengeId::generate(),
+            tenant_id: TenantId::parse("bank").unwrap_or_else(|e| panic!("{e}")),
+            user_id: "alice".into(),
+            context: sesame_core::model::ChallengeContext {
+                client_name: "Bank".into(),
+                action: sesame_core::model::Action::Login,
+                transaction: None,
+                ip_address: String::new(),
+                location: String::new(),
+                binding_message: String::new(),
+            },
+            context_hash: [0; 32],
+            number_match: sesame_core::model::NumberMatch {
+                mode: sesame_core::model::NumberMatchMode::None,
+                code: String::new(),
+                choices: vec![],
+            },
+            created_at: 1,
+            expires_at: 1_000,
+            idempotency_key: None,
+            devices: vec![],
+            resolution,
+        }
+    }
+
+    #[test]
+    fn only_final_written_verdicts_have_a_body() {
+        assert_eq!(notice(&challenge(None), "vd_x"), None);
+        let denied = challenge(Some(Resolution {
+            outcome: Outcome::Denied(DenyReason::NumberMismatch),
+            device_id: None,
+            at: 500,
+        }));
+        let body = notice(&denied, "vd_x").unwrap_or_default();
+        let n: VerdictNotice = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (n.status.as_str(), n.deny_reason.as_str(), n.decided_at_unix_ms),
+            ("denied", "number_mismatch", 500)
+        );
+        // The same challenge gives the same bytes every time.
+        assert_eq!(notice(&denied, "vd_x"), Some(body));
+    }
+}
