@@ -294,8 +294,9 @@ impl World {
         each!(pb::RotateWebhookSecretRequest, "RotateWebhookSecret", |m| {
             hooks.rotate_webhook_secret(h.req_other(m))
         });
-        each!(pb::ListDeadDeliveriesRequest, "ListDeadDeliveries", |m| hooks
-            .list_dead_deliveries(h.req(m)));
+        each!(pb::ListDeadDeliveriesRequest, "ListDeadDeliveries", |m| {
+            hooks.list_dead_deliveries(h.req(m))
+        });
         each!(pb::RedeliverWebhookRequest, "RedeliverWebhook", |m| hooks
             .redeliver_webhook(h.req(m)));
         Ok(())

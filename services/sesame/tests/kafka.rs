@@ -880,10 +880,21 @@ async fn expect_fast_refusals(cluster: &Cluster) -> (Duration, Duration) {
 /// the only thing that can wake it in time is the verdict event on Kafka
 /// (the watch's own re-read is set to an hour here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_verdict_reached_on_one_replica_wakes_a_watch_on_another() {
+async fn a_verdict_reached_on_one_replica_wakes_a_watch_and_reaches_the_webhook_from_another() {
     let broker = Broker::start();
     let shared: Arc<dyn sesame_storage::Storage> = Arc::new(sesame_storage::MemStorage::new());
     let dir = tempfile::tempdir().expect("tempdir");
+    // The tenant's webhook receiver, over TLS on loopback (allow-listed).
+    let receiver_tls = sesame_push_sim::tls::SimTls::generate().expect("tls");
+    let ca = dir.path().join("receiver-ca.pem");
+    std::fs::write(&ca, &receiver_tls.ca_pem).expect("ca");
+    let receiver = sesame_push_sim::webhook::WebhookReceiver::start(
+        tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind"),
+        &receiver_tls,
+    )
+    .expect("receiver");
     let replica = |roles: &[&str], sub: &str| Config {
         listen: "127.0.0.1:0".into(),
         admin_listen: String::new(),
@@ -898,9 +909,15 @@ async fn a_verdict_reached_on_one_replica_wakes_a_watch_on_another() {
             events_partitions: 2,
             ..Default::default()
         },
+        webhook: sesame::config::WebhookSection {
+            allow_private: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            ca_file: ca.display().to_string(),
+            ..Default::default()
+        },
         ..Config::default()
     };
-    // Replica A: tenant API only. Replica B: device API and dispatcher.
+    // Replica A: tenant API only (and the webhook worker). Replica B: device
+    // API and dispatcher: it commits the verdict and queues the webhook job.
     let mut a = Sesame::open(replica(&["challenge"], "a")).await.expect("a");
     let mut b = Sesame::open(replica(&["verifier", "dispatcher"], "b"))
         .await
@@ -958,6 +975,19 @@ async fn a_verdict_reached_on_one_replica_wakes_a_watch_on_another() {
     .await
     .expect("enroll on B");
     let mut inbox = phone.push_inbox().await.expect("inbox on B");
+    let secret =
+        sesame_proto::tenant::v1::webhook_service_client::WebhookServiceClient::new(ch_a.clone())
+            .set_webhook(req(
+                &key,
+                pb::SetWebhookRequest {
+                    url: receiver.url("/hooks"),
+                },
+            ))
+            .await
+            .expect("set webhook on A")
+            .into_inner()
+            .secret;
+    receiver.set_secrets(&[&secret]).expect("secret");
     let c = ChallengeServiceClient::new(ch_a.clone())
         .create_challenge(req(
             &key,
@@ -1006,6 +1036,20 @@ async fn a_verdict_reached_on_one_replica_wakes_a_watch_on_another() {
         .expect("stream")
         .expect("verdict");
     assert_eq!(verdict.status, types::ChallengeStatus::Approved as i32);
+    // B queued the webhook job on Kafka; A's worker delivered it, signed.
+    let id = format!("vd_{}", c.challenge_id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !receiver.accepted().contains_key(&id) {
+        assert!(
+            Instant::now() < deadline,
+            "webhook not delivered: {:?}",
+            receiver.received()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = receiver.received();
+    assert!(got.iter().all(|r| r.verified.is_ok()), "{got:?}");
+    assert_eq!(receiver.accepted().get(&id), Some(&1));
 }
 
 /// Dropping a group consumer runs librdkafka's consumer close, which

@@ -387,3 +387,104 @@ async fn no_request_goes_to_a_private_address_without_the_allow_list() {
     assert!(r.received().is_empty(), "{:?}", r.received());
     s.h.shutdown().await;
 }
+
+/// Creates a challenge for `user` of the tenant `req` authenticates as;
+/// returns its id.
+async fn pending_challenge<F>(h: &Harness, user: &str, req: F) -> String
+where
+    F: Fn(pb::CreateChallengeRequest) -> tonic::Request<pb::CreateChallengeRequest>,
+{
+    let c = h
+        .challenges()
+        .create_challenge(req(Harness::login_request(user, ENTER, 0)))
+        .await
+        .unwrap()
+        .into_inner()
+        .challenge
+        .unwrap();
+    c.challenge_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_whose_receiver_hangs_does_not_hold_up_another_tenants_deliveries() {
+    let tls = SimTls::generate().unwrap();
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = ca_dir.path().join("receiver-ca.pem");
+    std::fs::write(&ca, &tls.ca_pem).unwrap();
+    let h = Harness::start_configured(|c| {
+        c.webhook.ca_file = ca.display().to_string();
+        c.webhook.allow_private = vec!["127.0.0.1/32".into(), "::1/128".into()];
+        c.webhook.timeout_ms = 10_000;
+        c.webhook.concurrency = 4;
+        c.webhook.per_tenant_concurrency = 2;
+        c.shutdown_grace_seconds = 2;
+    })
+    .await;
+    // The other tenant's endpoint accepts connections and never answers.
+    let blackhole = free_listener().await;
+    let hole_port = blackhole.local_addr().unwrap().port();
+    let first_hang = std::sync::Arc::new(std::sync::Mutex::new(None::<tokio::time::Instant>));
+    let hung = first_hang.clone();
+    let _hole = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = blackhole.accept().await {
+            hung.lock()
+                .unwrap()
+                .get_or_insert_with(tokio::time::Instant::now);
+            held.push(s);
+        }
+    });
+    hooks(&h)
+        .set_webhook(h.req_other(pb::SetWebhookRequest {
+            url: format!("https://localhost:{hole_port}/hook"),
+        }))
+        .await
+        .unwrap();
+    let r = WebhookReceiver::start(free_listener().await, &tls).unwrap();
+    let secret = set_webhook(&h, &r.url("/hook")).await.secret;
+    r.set_secrets(&[&secret]).unwrap();
+
+    let _theirs = h.enroll_other("stuck-user").await;
+    let _ours = h.enroll("ok-user").await;
+    // Eight verdicts for the hanging tenant: more than every sender slot.
+    for _ in 0..8 {
+        let id = pending_challenge(&h, "stuck-user", |m| h.req_other(m)).await;
+        h.challenges()
+            .cancel_challenge(h.req_other(pb::CancelChallengeRequest { challenge_id: id }))
+            .await
+            .unwrap();
+    }
+    // Its requests are hanging now.
+    for _ in 0..200 {
+        if first_hang.lock().unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let hang_started = first_hang
+        .lock()
+        .unwrap()
+        .expect("the hanging receiver was reached");
+    let ours = pending_challenge(&h, "ok-user", |m| h.req(m)).await;
+    h.challenges()
+        .cancel_challenge(h.req(pb::CancelChallengeRequest {
+            challenge_id: ours.clone(),
+        }))
+        .await
+        .unwrap();
+    accepted_all(
+        &r,
+        &HashSet::from([format!("vd_{ours}")]),
+        Duration::from_secs(30),
+    )
+    .await;
+    // Delivered while the other tenant's first requests still hang (their
+    // timeout is 10 s): it did not wait for a slot they held.
+    let waited = hang_started.elapsed();
+    assert!(
+        waited < Duration::from_secs(10),
+        "our delivery waited {waited:?}, past the other tenant's request timeout"
+    );
+    assert!(r.received().iter().all(|x| x.verified.is_ok()));
+    h.shutdown().await;
+}

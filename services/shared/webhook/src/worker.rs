@@ -398,7 +398,10 @@ mod tests {
             assert_eq!(read_answer(s, None), Attempt::Delivered { status: s });
         }
         for s in [0, 100, 199, 301, 400, 401, 404, 410, 429, 500, 503, 999] {
-            assert!(matches!(read_answer(s, Some("x")), Attempt::Retry { after: None, .. }));
+            assert!(matches!(
+                read_answer(s, Some("x")),
+                Attempt::Retry { after: None, .. }
+            ));
         }
         assert!(matches!(
             read_answer(302, None),
@@ -451,7 +454,11 @@ mod tests {
         let body = notice(&denied, "vd_x").unwrap_or_default();
         let n: VerdictNotice = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            (n.status.as_str(), n.deny_reason.as_str(), n.decided_at_unix_ms),
+            (
+                n.status.as_str(),
+                n.deny_reason.as_str(),
+                n.decided_at_unix_ms
+            ),
             ("denied", "number_mismatch", 500)
         );
         // The same challenge gives the same bytes every time.
