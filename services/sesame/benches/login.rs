@@ -81,6 +81,10 @@ struct Rig {
 }
 
 async fn start() -> Rig {
+    start_with(|_| {}).await
+}
+
+async fn start_with(tweak: impl FnOnce(&mut Config)) -> Rig {
     let dir = tempfile::tempdir().expect("tempdir");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -102,6 +106,7 @@ async fn start() -> Rig {
         lock_after: 0,
         ..Default::default()
     };
+    tweak(&mut config);
     let app = Sesame::open(config).await.expect("open");
     let key_file = app
         .ensure_dev_tenant()
@@ -297,5 +302,94 @@ fn full_login(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, crypto, full_login);
+/// The same 64-in-flight login with the tenant's verdict webhook on: each
+/// login also queues a job, and the challenge role's worker signs and POSTs
+/// it over TLS to a receiver in this process, which verifies it. The time
+/// per login includes waiting until every delivery of the iteration was
+/// answered 2xx; receiver and load generator share the 2 cores.
+fn login_with_webhook(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let tls = sesame_push_sim::tls::SimTls::generate().expect("tls");
+    let ca_dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca_dir.path().join("ca.pem");
+    std::fs::write(&ca, &tls.ca_pem).expect("ca");
+    let receiver = rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        sesame_push_sim::webhook::WebhookReceiver::start(l, &tls).expect("receiver")
+    });
+    let ca_path = ca.display().to_string();
+    let rig = Arc::new(rt.block_on(start_with(move |c| {
+        c.webhook.ca_file = ca_path;
+        c.webhook.allow_private = vec!["127.0.0.1/32".into(), "::1/128".into()];
+    })));
+    let receiver = Arc::new(receiver);
+    rt.block_on(async {
+        let secret = sesame_proto::tenant::v1::webhook_service_client::WebhookServiceClient::new(
+            rig.channel.clone(),
+        )
+        .set_webhook(req(
+            &rig.key,
+            pb::SetWebhookRequest {
+                url: receiver.url("/hook"),
+            },
+        ))
+        .await
+        .expect("set webhook")
+        .into_inner()
+        .secret;
+        receiver.set_secrets(&[&secret]).expect("secret");
+    });
+    let phones: Vec<Arc<Mutex<Phone>>> = rt.block_on(async {
+        let mut v = Vec::new();
+        for i in 0..IN_FLIGHT {
+            v.push(Arc::new(Mutex::new(
+                phone(&rig, format!("hook-user-{i}")).await,
+            )));
+        }
+        v
+    });
+    let mut g = c.benchmark_group("login");
+    g.sample_size(20);
+    g.measurement_time(Duration::from_secs(10));
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("full_login_64_in_flight_with_webhook_amortised", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (rig, phones, receiver) = (rig.clone(), phones.clone(), receiver.clone());
+            async move {
+                let before = receiver.delivered();
+                let start = Instant::now();
+                let mut tasks = Vec::new();
+                for (i, p) in phones.iter().enumerate() {
+                    let n =
+                        iters as usize / IN_FLIGHT + usize::from(i < iters as usize % IN_FLIGHT);
+                    let (rig, p) = (rig.clone(), p.clone());
+                    tasks.push(tokio::spawn(async move {
+                        let mut p = p.lock().await;
+                        for _ in 0..n {
+                            login(&rig, &mut p).await;
+                        }
+                    }));
+                }
+                for t in tasks {
+                    t.await.expect("task");
+                }
+                while receiver.delivered() < before + iters {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                start.elapsed()
+            }
+        })
+    });
+    g.finish();
+    let bad = receiver
+        .received()
+        .iter()
+        .filter(|r| r.verified.is_err())
+        .count();
+    assert_eq!(bad, 0, "deliveries that did not verify");
+}
+
+criterion_group!(benches, crypto, full_login, login_with_webhook);
 criterion_main!(benches);
