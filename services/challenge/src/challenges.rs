@@ -471,7 +471,8 @@ impl Creator {
                     challenge_id: old.clone(),
                     status: ChallengeStatus::Cancelled.into(),
                 });
-                self.webhooks.verdict(tenant, old, "").await;
+                let trace_id = sesame_grpc::trace::current().unwrap_or_default();
+                self.webhooks.verdict(tenant, old, &trace_id).await;
             }
             // Answered or expired in the meantime: nothing to cancel.
             Err(StorageError::Transition(_)) | Err(StorageError::NotFound(_)) => {}
@@ -653,6 +654,7 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
             self.audit.clone(),
             self.webhooks.clone(),
         );
+        let trace_id = sesame_grpc::trace::current().unwrap_or_default();
         let c = tokio::spawn(async move {
             let c = storage.resolve_challenge(&c.id, &resolution, now).await?;
             audit.record(
@@ -666,7 +668,7 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
                 challenge_id: c.id.clone(),
                 status: ChallengeStatus::Cancelled.into(),
             });
-            webhooks.verdict(&tenant, &c.id, "").await;
+            webhooks.verdict(&tenant, &c.id, &trace_id).await;
             metrics::counter!(crate::metrics::CHALLENGES_CANCELLED, "tenant" => c.tenant_id.to_string())
                 .increment(1);
             Ok::<_, StorageError>(c)

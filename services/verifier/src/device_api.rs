@@ -436,6 +436,7 @@ impl DeviceApi {
         );
         let accepted = entry(AuditAction::AnswerAccepted);
         let span = tracing::Span::current();
+        let trace_id = sesame_grpc::trace::current().unwrap_or_default();
         let resolved = tokio::spawn(tracing::Instrument::instrument(async move {
             let resolved = storage.resolve_challenge(&id, &resolution, now).await?;
             audit.record(AuditEntry {
@@ -447,7 +448,7 @@ impl DeviceApi {
                 challenge_id: resolved.id.clone(),
                 status: resolved.status(now).into(),
             });
-            webhooks.verdict(&resolved.tenant_id, &resolved.id, "").await;
+            webhooks.verdict(&resolved.tenant_id, &resolved.id, &trace_id).await;
             // Denials feed the push-bombing guard: escalation, lock, mute.
             if let Outcome::Denied(reason) = outcome {
                 let fraud = reason == DenyReason::FraudReported;
