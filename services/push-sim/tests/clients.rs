@@ -613,3 +613,59 @@ async fn a_server_with_an_untrusted_certificate_gets_no_push() {
     }
     assert!(a.control.last().is_none(), "the server saw a request");
 }
+
+/// The dispatcher's own check, behind the one at enrollment: a job naming
+/// another tenant's push app (a forged or mis-routed job on the queue) is
+/// refused as misconfigured, and nothing reaches Apple with that app's key.
+#[tokio::test]
+async fn a_job_naming_another_tenants_push_app_is_not_sent() {
+    use sesame_push::apps::{ApnsAppConfig, PushAppConfig, PushApps};
+    use sesame_push::PushProvider;
+    let a = Apns::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key_file, ca_file) = (dir.path().join("key.p8"), dir.path().join("ca.pem"));
+    std::fs::write(&key_file, &a.key.p8_pem).unwrap();
+    std::fs::write(&ca_file, &a.tls.ca_pem).unwrap();
+    let apps = PushApps::from_config(&std::collections::BTreeMap::from([(
+        "bank-app".to_owned(),
+        PushAppConfig {
+            tenant: "bank".into(),
+            platform: "ios".into(),
+            apns: Some(ApnsAppConfig {
+                base_url: a.url.clone(),
+                topic: TOPIC.into(),
+                key_file: key_file.display().to_string(),
+                key_id: a.key.key_id.clone(),
+                team_id: a.key.team_id.clone(),
+                ca_file: ca_file.display().to_string(),
+                ..Default::default()
+            }),
+            fcm: None,
+            alert: AlertText::default(),
+        },
+    )]))
+    .unwrap();
+    // The app's own tenant: delivered.
+    assert_eq!(
+        apps.send(&job(Platform::Ios, GOOD), now_ms()).await,
+        PushOutcome::Delivered
+    );
+    let sent = a.control.received();
+    // Another tenant's job naming that app: refused, never sent.
+    let mut foreign = job(Platform::Ios, GOOD);
+    foreign.tenant_id = TenantId::parse("other-bank").unwrap();
+    match apps.send(&foreign, now_ms()).await {
+        PushOutcome::Misconfigured { reason } => {
+            assert!(
+                reason.contains("does not belong to tenant other-bank"),
+                "{reason}"
+            )
+        }
+        other => panic!("a foreign tenant's job was {other:?}"),
+    }
+    assert_eq!(
+        a.control.received(),
+        sent,
+        "the simulator saw the foreign push"
+    );
+}

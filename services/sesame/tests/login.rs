@@ -788,3 +788,115 @@ async fn an_answer_signed_with_another_algorithm_is_refused() {
     assert_eq!(h.get(&c.challenge_id).await.status, st(S::Approved));
     h.shutdown().await;
 }
+
+/// A queue that takes everything except push jobs while `fail` is set: the
+/// broker refusing a challenge's pushes after the room check passed.
+struct RefusingPushes {
+    inner: std::sync::Arc<dyn sesame_queue::Queue>,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl sesame_queue::Queue for RefusingPushes {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn check_room_for_pushes(&self, n: usize) -> Result<(), sesame_queue::QueueError> {
+        self.inner.check_room_for_pushes(n)
+    }
+    async fn publish_pushes(
+        &self,
+        jobs: Vec<sesame_queue::PushJob>,
+    ) -> Result<(), sesame_queue::QueueError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(sesame_queue::QueueError::Unavailable(
+                "brokers did not acknowledge in time".into(),
+            ));
+        }
+        self.inner.publish_pushes(jobs).await
+    }
+    async fn publish_retry(
+        &self,
+        job: sesame_queue::PushJob,
+    ) -> Result<(), sesame_queue::QueueError> {
+        self.inner.publish_retry(job).await
+    }
+    async fn publish_dead_letter(
+        &self,
+        job: &sesame_queue::PushJob,
+        reason: &str,
+    ) -> Result<(), sesame_queue::QueueError> {
+        self.inner.publish_dead_letter(job, reason).await
+    }
+    async fn publish_webhook(
+        &self,
+        job: sesame_queue::WebhookJob,
+    ) -> Result<(), sesame_queue::QueueError> {
+        self.inner.publish_webhook(job).await
+    }
+    async fn webhook_consumer(
+        &self,
+    ) -> Result<Box<dyn sesame_queue::WebhookConsumer>, sesame_queue::QueueError> {
+        self.inner.webhook_consumer().await
+    }
+    fn publish_event(&self, event: sesame_queue::Event) -> Result<(), sesame_queue::QueueError> {
+        self.inner.publish_event(event)
+    }
+    async fn publish_audit(
+        &self,
+        records: &[sesame_core::audit::AuditRecord],
+    ) -> Result<(), sesame_queue::QueueError> {
+        self.inner.publish_audit(records).await
+    }
+    async fn push_consumer(
+        &self,
+    ) -> Result<Box<dyn sesame_queue::PushConsumer>, sesame_queue::QueueError> {
+        self.inner.push_consumer().await
+    }
+    async fn subscribe_events(
+        &self,
+    ) -> Result<Box<dyn sesame_queue::EventSubscriber>, sesame_queue::QueueError> {
+        self.inner.subscribe_events().await
+    }
+    fn close(&self) {
+        self.inner.close()
+    }
+    async fn flush(&self) {
+        self.inner.flush().await
+    }
+}
+
+/// A challenge stored while its pushes could not be queued is cancelled
+/// before the tenant hears `UNAVAILABLE`: no phone can be asked later by a
+/// push that still goes out, and a retry with the same idempotency key
+/// sees it cancelled (and uses a new key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenge_whose_pushes_were_not_queued_is_cancelled() {
+    let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = fail.clone();
+    let h = Harness::start_wrapping_queue(Box::new(move |inner| {
+        std::sync::Arc::new(RefusingPushes { inner, fail: f })
+    }))
+    .await;
+    let phone = h.enroll("queue-alice").await;
+    let mut req = Harness::login_request("queue-alice", ENTER, 0);
+    req.options.as_mut().unwrap().idempotency_key = "order-7".into();
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let refused = h.challenges().create_challenge(h.req(req.clone())).await;
+    let refused = status_of(refused);
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    // Nothing left for the phone to answer...
+    assert!(phone.pending().await.unwrap().is_empty());
+    // ... and the stored challenge is cancelled, as the same key shows.
+    let again = h
+        .challenges()
+        .create_challenge(h.req(req))
+        .await
+        .unwrap()
+        .into_inner()
+        .challenge
+        .unwrap();
+    assert_eq!(again.status, st(S::Cancelled));
+    h.shutdown().await;
+}

@@ -22,6 +22,11 @@ pub use sesame_ratelimit::GuardPolicy;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
+/// Replaces a server's queue with a wrapper around it.
+pub type QueueWrap = Box<
+    dyn FnOnce(std::sync::Arc<dyn sesame_queue::Queue>) -> std::sync::Arc<dyn sesame_queue::Queue>,
+>;
+
 pub struct Harness {
     pub url: String,
     /// `http://127.0.0.1:<port>` of the admin endpoints (/metrics, /live, /ready).
@@ -90,7 +95,26 @@ impl Harness {
         Self::start_full(tweak, sesame_tls::ClientTls::default()).await
     }
 
+    /// A server (lenient guard) whose queue is `wrap` of the one its
+    /// configuration opens: a test can make the queue fail on cue.
+    pub async fn start_wrapping_queue(wrap: QueueWrap) -> Harness {
+        Self::start_full_with(
+            |c| c.guard.defaults = lenient_guard(),
+            sesame_tls::ClientTls::default(),
+            Some(wrap),
+        )
+        .await
+    }
+
     async fn start_full(tweak: impl FnOnce(&mut Config), client: sesame_tls::ClientTls) -> Harness {
+        Self::start_full_with(tweak, client, None).await
+    }
+
+    async fn start_full_with(
+        tweak: impl FnOnce(&mut Config),
+        client: sesame_tls::ClientTls,
+        wrap: Option<QueueWrap>,
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -102,7 +126,10 @@ impl Harness {
             ..Config::default()
         };
         tweak(&mut config);
-        let app = Sesame::open(config).await.expect("open");
+        let mut app = Sesame::open(config).await.expect("open");
+        if let Some(wrap) = wrap {
+            app.queue = wrap(app.queue.clone());
+        }
         let key = match app.ensure_dev_tenant().await.expect("dev tenant") {
             Some(key_file) => std::fs::read_to_string(key_file)
                 .expect("key")

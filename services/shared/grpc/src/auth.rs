@@ -42,6 +42,8 @@ pub struct TenantAuth {
     storage: Arc<dyn Storage>,
     /// key id -> verified key
     cache: Arc<DashMap<String, CachedKey>>,
+    /// How long a verified key is trusted without reading storage.
+    ttl: Duration,
 }
 
 impl TenantAuth {
@@ -49,7 +51,14 @@ impl TenantAuth {
         TenantAuth {
             storage,
             cache: Arc::new(DashMap::new()),
+            ttl: CACHE_TTL,
         }
+    }
+
+    /// Another cache lifetime than [`CACHE_TTL`] (tests).
+    pub fn with_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
     }
 
     /// Drops a key from this instance's cache: the next call with it reads
@@ -97,7 +106,7 @@ impl TenantAuth {
 
         let now = now_ms();
         if let Some(k) = self.cache.get(key_id) {
-            if k.read_at.elapsed() < CACHE_TTL {
+            if k.read_at.elapsed() < self.ttl {
                 return if !bool::from(k.secret_sha256.ct_eq(&presented)) {
                     Err(bad())
                 } else if k.expires_at != 0 && now >= k.expires_at {
@@ -218,5 +227,70 @@ impl Origin {
         sesame_core::audit::AuditEntry::new(now_ms(), tenant, action)
             .actor(self.actor.clone())
             .source(self.source.clone())
+    }
+}
+
+#[cfg(test)]
+mod replica_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use sesame_core::Tenant;
+    use sesame_storage::MemStorage;
+
+    fn call(key: &str) -> tonic::Request<()> {
+        let mut r = tonic::Request::new(());
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        r
+    }
+
+    /// Two replicas over one store: the one that revokes refuses at once,
+    /// the other keeps its cached key until the cache lifetime ends, then
+    /// refuses too (the bound `docs/security.md` states).
+    #[tokio::test]
+    async fn a_revocation_reaches_another_replica_when_its_cache_expires() {
+        let storage: Arc<dyn Storage> = Arc::new(MemStorage::new());
+        let tenant = TenantId::parse("bank").unwrap();
+        storage
+            .put_tenant(&Tenant {
+                id: tenant.clone(),
+                display_name: "Bank".into(),
+                disabled: false,
+                created_at: 0,
+                client_identity: String::new(),
+            })
+            .await
+            .unwrap();
+        let (key, mut record) = apikey::generate(&tenant, now_ms());
+        storage.put_api_key(&record).await.unwrap();
+        let ttl = Duration::from_millis(300);
+        let (a, b) = (
+            TenantAuth::new(storage.clone()).with_cache_ttl(ttl),
+            TenantAuth::new(storage.clone()).with_cache_ttl(ttl),
+        );
+        assert_eq!(a.authenticate(&call(&key)).await.unwrap(), tenant);
+        assert_eq!(b.authenticate(&call(&key)).await.unwrap(), tenant);
+        record.revoked = true;
+        storage.put_api_key(&record).await.unwrap();
+        let revoked_at = Instant::now();
+        a.forget_key(&record.key_id);
+        assert!(a.authenticate(&call(&key)).await.is_err());
+        // B still trusts its cached copy...
+        assert!(b.authenticate(&call(&key)).await.is_ok());
+        // ... until its lifetime ends, and not a moment longer than that.
+        let refused = loop {
+            if b.authenticate(&call(&key)).await.is_err() {
+                break revoked_at.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(
+            refused < ttl * 10,
+            "still trusted {refused:?} after the revocation"
+        );
+        assert!(matches!(
+            b.authenticate(&call(&key)).await,
+            Err(ApiError::Unauthenticated(m)) if m.contains("revoked")
+        ));
     }
 }
