@@ -472,7 +472,8 @@ impl Creator {
                     status: ChallengeStatus::Cancelled.into(),
                 });
                 let trace_id = sesame_grpc::trace::current().unwrap_or_default();
-                self.webhooks.verdict(tenant, old, &trace_id).await;
+                let (w, t, c) = (self.webhooks.clone(), tenant.clone(), old.clone());
+                tokio::spawn(async move { w.verdict(&t, &c, &trace_id).await });
             }
             // Answered or expired in the meantime: nothing to cancel.
             Err(StorageError::Transition(_)) | Err(StorageError::NotFound(_)) => {}
@@ -668,7 +669,8 @@ impl pb::challenge_service_server::ChallengeService for ChallengeApi {
                 challenge_id: c.id.clone(),
                 status: ChallengeStatus::Cancelled.into(),
             });
-            webhooks.verdict(&tenant, &c.id, &trace_id).await;
+            let (t, id) = (tenant.clone(), c.id.clone());
+            tokio::spawn(async move { webhooks.verdict(&t, &id, &trace_id).await });
             metrics::counter!(crate::metrics::CHALLENGES_CANCELLED, "tenant" => c.tenant_id.to_string())
                 .increment(1);
             Ok::<_, StorageError>(c)

@@ -27,6 +27,10 @@ pub const DEFAULT_GRACE_SECS: u32 = 86_400;
 pub const MAX_GRACE_SECS: u32 = 7 * 86_400;
 /// Longest delivery id or page token accepted.
 const MAX_ID_LEN: usize = 200;
+/// Redeliveries a tenant may queue: a burst, then this many a second, so
+/// one tenant cannot fill the queue every tenant's verdicts share.
+const REDELIVER_BURST: f64 = 100.0;
+const REDELIVER_PER_SEC: f64 = 10.0;
 
 pub struct WebhookApi {
     storage: Arc<dyn Storage>,
@@ -35,6 +39,8 @@ pub struct WebhookApi {
     audit: AuditLog,
     endpoints: Arc<Endpoints>,
     policy: AddressPolicy,
+    /// tenant -> (tokens, when last refilled)
+    redeliveries: dashmap::DashMap<TenantId, (f64, std::time::Instant)>,
 }
 
 fn webhook_out(e: &WebhookEndpoint, now: i64) -> pb::Webhook {
@@ -78,7 +84,28 @@ impl WebhookApi {
             audit,
             endpoints,
             policy,
+            redeliveries: dashmap::DashMap::new(),
         }
+    }
+
+    /// Takes one redelivery from the tenant's bucket.
+    fn take_redelivery(&self, tenant: &TenantId) -> Result<(), ApiError> {
+        let mut e = self
+            .redeliveries
+            .entry(tenant.clone())
+            .or_insert((REDELIVER_BURST, std::time::Instant::now()));
+        let (tokens, at) = *e;
+        let now = std::time::Instant::now();
+        let tokens = (tokens + now.duration_since(at).as_secs_f64() * REDELIVER_PER_SEC)
+            .min(REDELIVER_BURST);
+        if tokens < 1.0 {
+            *e = (tokens, now);
+            return Err(ApiError::ResourceExhausted(format!(
+                "at most {REDELIVER_PER_SEC} redeliveries a second (bursts of {REDELIVER_BURST}); retry shortly"
+            )));
+        }
+        *e = (tokens - 1.0, now);
+        Ok(())
     }
 
     /// The URL, checked: syntax, https, and where it points now. A name
@@ -98,12 +125,14 @@ impl WebhookApi {
         if let Ok(Ok(addrs)) = tokio::time::timeout(Duration::from_secs(2), lookup).await {
             let addrs: Vec<_> = addrs.map(|a| a.ip()).collect();
             if !addrs.is_empty() && addrs.iter().all(|ip| self.policy.check(*ip).is_err()) {
+                // Which addresses is for the operator's log: a tenant must
+                // not be able to map internal names through this answer.
                 let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+                tracing::info!(%host, addresses = %list.join(", "), "webhook URL refused: resolves only to non-public addresses");
                 return Err(ApiError::invalid(
                     "url",
                     format!(
-                        "{host} resolves only to non-public addresses ({}); webhooks go to public addresses unless the operator allows a range (webhook.allow_private)",
-                        list.join(", ")
+                        "{host} resolves only to non-public addresses; webhooks go to public addresses unless the operator allows a range (webhook.allow_private)"
                     ),
                 ));
             }
@@ -128,6 +157,18 @@ impl WebhookApi {
     }
 }
 
+/// The version a change writes: its time, and always past the one it read.
+fn next_version(read: i64, now: i64) -> i64 {
+    now.max(read.saturating_add(1))
+}
+
+fn concurrent() -> ApiError {
+    ApiError::Aborted(
+        "the webhook changed meanwhile (another SetWebhook, rotation or delete); read it and retry"
+            .into(),
+    )
+}
+
 fn check_id(field: &str, v: &str) -> Result<(), ApiError> {
     if v.len() > MAX_ID_LEN || v.chars().any(|c| c.is_control()) {
         return Err(ApiError::invalid(
@@ -148,11 +189,12 @@ impl pb::webhook_service_server::WebhookService for WebhookApi {
         let origin = Origin::of(&request);
         let url = self.check_url(&request.into_inner().url).await?;
         let now = now_ms();
-        let (endpoint, secret) = match self.endpoint(&tenant).await {
+        let (endpoint, secret, expected) = match self.endpoint(&tenant).await {
             Ok(mut e) => {
+                let read = e.updated_at;
                 e.url = url.as_str().to_owned();
-                e.updated_at = now;
-                (e, String::new())
+                e.updated_at = next_version(read, now);
+                (e, String::new(), Some(read))
             }
             Err(ApiError::NotFound(_)) => {
                 let secret = Secret::generate().encode();
@@ -167,14 +209,18 @@ impl pb::webhook_service_server::WebhookService for WebhookApi {
                     created_at: now,
                     updated_at: now,
                 };
-                (e, secret)
+                (e, secret, None)
             }
             Err(e) => return Err(e.into()),
         };
-        self.storage
-            .put_webhook(&endpoint)
+        if !self
+            .storage
+            .put_webhook(&endpoint, expected)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(ApiError::from)?
+        {
+            return Err(concurrent().into());
+        }
         self.endpoints.invalidate(&tenant);
         let what = if secret.is_empty() {
             "URL changed"
@@ -258,8 +304,17 @@ impl pb::webhook_service_server::WebhookService for WebhookApi {
         })
         .chain(previous)
         .collect();
-        e.updated_at = now;
-        self.storage.put_webhook(&e).await.map_err(ApiError::from)?;
+        let read = e.updated_at;
+        e.updated_at = next_version(read, now);
+        if !self
+            .storage
+            .put_webhook(&e, Some(read))
+            .await
+            .map_err(ApiError::from)?
+        {
+            // The secret made here was never stored: it is not shown.
+            return Err(concurrent().into());
+        }
         self.endpoints.invalidate(&tenant);
         self.record(
             &origin,
@@ -339,6 +394,7 @@ impl pb::webhook_service_server::WebhookService for WebhookApi {
             }
             e => e,
         })?;
+        self.take_redelivery(&tenant)?;
         let job = WebhookJob {
             tenant_id: tenant.clone(),
             challenge_id: c.id.clone(),

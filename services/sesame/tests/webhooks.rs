@@ -102,8 +102,18 @@ async fn login(h: &Harness, user: &str, decision: Decision) -> String {
 async fn every_verdict_reaches_the_receiver_signed_once_even_after_it_was_down() {
     let s = setup(50, true).await;
     let h = &s.h;
-    // The receiver's port, not listening yet: the first attempts are refused.
-    let port = free_listener().await.local_addr().unwrap().port();
+    // The receiver's port, at first held by a listener that drops every
+    // connection at once (a receiver that is down): the first attempts fail.
+    let down = free_listener().await;
+    let port = down.local_addr().unwrap().port();
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = dropped.clone();
+    let down_task = tokio::spawn(async move {
+        while let Ok((s, _)) = down.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
     let url = format!("https://localhost:{port}/hooks/sesame");
     let set = set_webhook(h, &url).await;
     assert!(set.secret.starts_with("whsec_"), "{:?}", set.secret);
@@ -139,13 +149,22 @@ async fn every_verdict_reaches_the_receiver_signed_once_even_after_it_was_down()
         .await
         .unwrap();
     expect.push((cancelled.challenge_id.clone(), "cancelled", ""));
-    // A pending challenge is announced by nobody.
-    let _erin = h.enroll("wh-erin").await;
-    let pending = h.create("wh-erin", ENTER, 0).await;
 
-    // The receiver comes up on that port after the first attempts failed,
-    // and answers 503 to its first three requests.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Every verdict was tried, and failed, while the receiver was down.
+    for _ in 0..600 {
+        if dropped.load(std::sync::atomic::Ordering::SeqCst) >= expect.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        dropped.load(std::sync::atomic::Ordering::SeqCst) >= expect.len(),
+        "attempts while down: {dropped:?}"
+    );
+    // The receiver comes up on that port, and answers 503 to its first
+    // three requests.
+    down_task.abort();
+    let _ = down_task.await;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();
@@ -166,7 +185,6 @@ async fn every_verdict_reaches_the_receiver_signed_once_even_after_it_was_down()
         accepted.values().all(|n| *n == 1),
         "a delivery answered 2xx was sent again: {accepted:?}"
     );
-    assert!(!accepted.contains_key(&format!("vd_{}", pending.challenge_id)));
     for (challenge, status, reason) in &expect {
         let id = format!("vd_{challenge}");
         let tries: Vec<_> = seen.iter().filter(|x| x.id == id).collect();
@@ -262,6 +280,13 @@ async fn rotation_dead_letters_and_redelivery() {
         .get_webhook(h.req_other(pb::GetWebhookRequest {}))
         .await;
     assert_eq!(status_of(theirs).code(), Code::NotFound);
+    let their_dead = hooks(h)
+        .list_dead_deliveries(h.req_other(pb::ListDeadDeliveriesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries;
+    assert!(their_dead.is_empty(), "{their_dead:?}");
     let foreign = hooks(h)
         .redeliver_webhook(h.req_other(pb::RedeliverWebhookRequest {
             delivery_id: id3.clone(),
@@ -351,17 +376,20 @@ async fn no_request_goes_to_a_private_address_without_the_allow_list() {
     // (DNS rebinding): stored behind the API's back, refused at delivery.
     let tenant = sesame_core::TenantId::parse("dev").unwrap();
     h.storage
-        .put_webhook(&WebhookEndpoint {
-            tenant_id: tenant.clone(),
-            url: r.url("/h"),
-            secrets: vec![StoredSecret {
-                secret: sesame_core::webhook::Secret::generate().encode(),
+        .put_webhook(
+            &WebhookEndpoint {
+                tenant_id: tenant.clone(),
+                url: r.url("/h"),
+                secrets: vec![StoredSecret {
+                    secret: sesame_core::webhook::Secret::generate().encode(),
+                    created_at: 0,
+                    retire_at: None,
+                }],
                 created_at: 0,
-                retire_at: None,
-            }],
-            created_at: 0,
-            updated_at: 0,
-        })
+                updated_at: 0,
+            },
+            None,
+        )
         .await
         .unwrap();
     let c = login(h, "ssrf-alice", Decision::Approve).await;
@@ -384,6 +412,66 @@ async fn no_request_goes_to_a_private_address_without_the_allow_list() {
     );
     // Refused once, never retried, and nothing reached the receiver.
     assert_eq!(dead.attempts, 0);
+    // The reason names no address the name resolved to.
+    assert!(
+        !dead.last_error.contains("127.0.0.1"),
+        "{:?}",
+        dead.last_error
+    );
+
+    // A literal private address stored behind the API's back (the HTTP
+    // client resolves nothing for it: the sender's own check refuses it).
+    let other = sesame_core::TenantId::parse("other-bank").unwrap();
+    h.storage
+        .put_webhook(
+            &WebhookEndpoint {
+                tenant_id: other.clone(),
+                url: format!("https://127.0.0.1:{port}/h"),
+                secrets: vec![StoredSecret {
+                    secret: sesame_core::webhook::Secret::generate().encode(),
+                    created_at: 0,
+                    retire_at: None,
+                }],
+                created_at: 0,
+                updated_at: 0,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let phone = h.enroll_other("ssrf-bob").await;
+    let mut inbox = phone.push_inbox().await.unwrap();
+    let theirs = h
+        .challenges()
+        .create_challenge(h.req_other(Harness::login_request("ssrf-bob", ENTER, 0)))
+        .await
+        .unwrap()
+        .into_inner()
+        .challenge
+        .unwrap();
+    next_push(&phone, &mut inbox).await;
+    let d = details(&phone, &theirs.challenge_id).await;
+    phone
+        .respond(&d, &approve(&theirs.number_match_code))
+        .await
+        .unwrap();
+    let id = format!("vd_{}", theirs.challenge_id);
+    let dead = loop {
+        let page = h
+            .storage
+            .list_dead_deliveries(&other, None, 100)
+            .await
+            .unwrap();
+        if let Some(d) = page.into_iter().find(|d| d.delivery_id == id) {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        dead.last_error.contains("not a public address"),
+        "{:?}",
+        dead.last_error
+    );
     assert!(r.received().is_empty(), "{:?}", r.received());
     s.h.shutdown().await;
 }

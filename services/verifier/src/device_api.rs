@@ -448,7 +448,10 @@ impl DeviceApi {
                 challenge_id: resolved.id.clone(),
                 status: resolved.status(now).into(),
             });
-            webhooks.verdict(&resolved.tenant_id, &resolved.id, &trace_id).await;
+            // Off this path: the phone's answer and the guard's reaction
+            // to a denial do not wait for the webhook job to be queued.
+            let (t, c) = (resolved.tenant_id.clone(), resolved.id.clone());
+            tokio::spawn(async move { webhooks.verdict(&t, &c, &trace_id).await });
             // Denials feed the push-bombing guard: escalation, lock, mute.
             if let Outcome::Denied(reason) = outcome {
                 let fraud = reason == DenyReason::FraudReported;

@@ -137,7 +137,16 @@ impl Cidr {
         if prefix > max {
             return Err(bad());
         }
-        Ok(Cidr { net, prefix })
+        // Addresses are judged in their IPv4 form when IPv6 maps one
+        // (`canonical`): a range written as `::ffff:a.b.c.d/n` is the same.
+        match (net, canonical(net)) {
+            (IpAddr::V6(_), v4 @ IpAddr::V4(_)) if prefix >= 96 => Ok(Cidr {
+                net: v4,
+                prefix: prefix - 96,
+            }),
+            (IpAddr::V6(_), IpAddr::V4(_)) => Err(bad()),
+            _ => Ok(Cidr { net, prefix }),
+        }
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -225,8 +234,14 @@ fn is_public_v6(a: Ipv6Addr) -> bool {
     match s[0] {
         // Unique local fc00::/7, link-local fe80::/10, site-local fec0::/10.
         x if x & 0xfe00 == 0xfc00 || x & 0xffc0 == 0xfe80 || x & 0xffc0 == 0xfec0 => false,
-        // Documentation 2001:db8::/32, Teredo 2001::/32 (hides its target).
-        0x2001 if s[1] == 0x0db8 || s[1] == 0 => false,
+        // Documentation 2001:db8::/32, Teredo 2001::/32 (hides its
+        // target), benchmarking 2001:2::/48.
+        0x2001 if s[1] == 0x0db8 || s[1] == 0 || (s[1] == 2 && s[2] == 0) => false,
+        // Documentation 3fff::/20.
+        0x3fff if s[1] & 0xf000 == 0 => false,
+        // Local-use NAT64 64:ff9b:1::/48 (RFC 8215): where it translates
+        // is the local network's choice.
+        0x0064 if s[1] == 0xff9b && s[2] == 1 => false,
         // 6to4: judged by the IPv4 address it tunnels to.
         0x2002 => is_public_v4(embedded_v4(1)),
         // NAT64 64:ff9b::/96: the IPv4 address it translates to.
@@ -345,7 +360,7 @@ pub fn verify(
     let ts: i64 = timestamp
         .parse()
         .map_err(|_| WebhookError::Signature("webhook-timestamp is not a number"))?;
-    if (now_secs - ts).abs() > tolerance_secs {
+    if now_secs.abs_diff(ts) > tolerance_secs.unsigned_abs() {
         return Err(WebhookError::Signature(
             "webhook-timestamp is outside the replay window",
         ));
@@ -528,6 +543,9 @@ mod tests {
             "64:ff9b::a9fe:a9fe",
             "2002:7f00:1::",
             "::127.0.0.1",
+            "64:ff9b:1::a9fe:a9fe",
+            "2001:2::1",
+            "3fff::1",
         ] {
             assert!(!is_public(ip(a)), "{a} judged public");
         }
@@ -537,6 +555,7 @@ mod tests {
             "2606:4700::1111",
             "::ffff:8.8.8.8",
             "2002:0808:0808::",
+            "3fff:1000::1",
         ] {
             assert!(is_public(ip(a)), "{a} judged private");
         }
@@ -551,6 +570,12 @@ mod tests {
         assert!(p.check(ip("127.0.0.2")).is_err());
         assert!(p.check(ip("fd00::5")).is_ok());
         assert!(p.check(ip("fc00::5")).is_err());
+        // A mapped range is the IPv4 range.
+        let mapped =
+            AddressPolicy::parse(&["::ffff:10.1.0.0/112".into()]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(mapped.check(ip("10.1.2.3")).is_ok());
+        assert!(mapped.check(ip("10.2.0.1")).is_err());
+        assert!(Cidr::parse("::ffff:10.0.0.0/90").is_err());
         assert!(p.check(ip("8.8.8.8")).is_ok());
         assert!(AddressPolicy::default().check(ip("127.0.0.1")).is_err());
         for bad in ["127.0.0.1/33", "::/129", "x/8", "10.0.0.0/-1", ""] {
@@ -581,6 +606,10 @@ mod tests {
         assert!(ok("vd_1", "1700000000", &header, body, 1_700_000_400).is_err());
         assert!(ok("vd_1", "1700000000", "v1,AAAA", body, 1_700_000_000).is_err());
         assert!(ok("", "1700000000", &header, body, 1_700_000_000).is_err());
+        // Extreme timestamps are refused, not overflowed.
+        let min = i64::MIN.to_string();
+        assert!(ok("vd_1", &min, &header, body, i64::MAX).is_err());
+        assert!(ok("vd_1", &i64::MAX.to_string(), &header, body, i64::MIN).is_err());
         // A secret round-trips through its shown form; junk is refused.
         assert_eq!(Secret::parse(&s.encode()), Ok(s.clone()));
         assert!(Secret::parse("whsec_!!").is_err());

@@ -24,6 +24,9 @@ pub enum ApiError {
     FailedPrecondition(String),
     /// Already exists / single-use item already used: `ALREADY_EXISTS`.
     AlreadyExists(String),
+    /// A concurrent change won (read-modify-write lost its race): `ABORTED`;
+    /// read again and retry.
+    Aborted(String),
     /// A limit of the caller's: `RESOURCE_EXHAUSTED`.
     ResourceExhausted(String),
     /// A limit with a time when it lifts: `RESOURCE_EXHAUSTED` with
@@ -57,6 +60,7 @@ impl ApiError {
             ApiError::NotFound(what) => format!("not_found: {what} not found"),
             ApiError::FailedPrecondition(m) => format!("failed_precondition: {m}"),
             ApiError::AlreadyExists(m) => format!("already_exists: {m}"),
+            ApiError::Aborted(m) => format!("aborted: {m}"),
             ApiError::ResourceExhausted(m) => format!("resource_exhausted: {m}"),
             ApiError::Limited {
                 message, reason, ..
@@ -125,6 +129,7 @@ impl From<ApiError> for Status {
             ApiError::NotFound(what) => Status::new(Code::NotFound, format!("{what} not found")),
             ApiError::FailedPrecondition(m) => Status::new(Code::FailedPrecondition, m),
             ApiError::AlreadyExists(m) => Status::new(Code::AlreadyExists, m),
+            ApiError::Aborted(m) => Status::new(Code::Aborted, m),
             ApiError::ResourceExhausted(m) => Status::new(Code::ResourceExhausted, m),
             ApiError::Limited {
                 message,

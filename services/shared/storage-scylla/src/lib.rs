@@ -153,7 +153,8 @@ struct Statements {
     put_audit_by_user: Stmt,
     put_audit_by_challenge: Stmt,
     list_audit_heads_first: Stmt,
-    put_webhook: Stmt,
+    create_webhook: Stmt,
+    update_webhook: Stmt,
     get_webhook: Stmt,
     delete_webhook: Stmt,
     put_dead_delivery: Stmt,
@@ -774,9 +775,14 @@ async fn prepare_all(
             Write,
         )
         .await?,
-        put_webhook: prep(
-            "INSERT INTO {ks}.webhooks (tenant_id, endpoint) VALUES (?, ?) [USING TIMEOUT]",
-            Write,
+        create_webhook: prep(
+            "INSERT INTO {ks}.webhooks (tenant_id, endpoint, updated_at) VALUES (?, ?, ?) IF NOT EXISTS [USING TIMEOUT]",
+            Conditional,
+        )
+        .await?,
+        update_webhook: prep(
+            "UPDATE {ks}.webhooks [USING TIMEOUT] SET endpoint = ?, updated_at = ? WHERE tenant_id = ? IF updated_at = ?",
+            Conditional,
         )
         .await?,
         get_webhook: prep(
@@ -1862,15 +1868,37 @@ impl Storage for ScyllaStorage {
         Ok(out)
     }
 
-    async fn put_webhook(&self, e: &WebhookEndpoint) -> Result<()> {
+    async fn put_webhook(&self, e: &WebhookEndpoint, expected: Option<UnixMillis>) -> Result<bool> {
         let json = serde_json::to_vec(e).map_err(backend)?;
-        self.execute(
-            &self.st.put_webhook,
-            vec![text(e.tenant_id.as_str()), blob(json)],
-            "store a webhook endpoint",
-        )
-        .await
-        .map(|_| ())
+        let answer = match expected {
+            None => {
+                self.lwt(
+                    &self.st.create_webhook,
+                    vec![text(e.tenant_id.as_str()), blob(json), big(e.updated_at)],
+                    "store a webhook endpoint",
+                )
+                .await?
+            }
+            Some(v) => {
+                self.lwt(
+                    &self.st.update_webhook,
+                    vec![
+                        blob(json),
+                        big(e.updated_at),
+                        text(e.tenant_id.as_str()),
+                        big(v),
+                    ],
+                    "store a webhook endpoint",
+                )
+                .await?
+            }
+        };
+        match answer {
+            Lwt::Applied => Ok(true),
+            Lwt::NotApplied => Ok(false),
+            // Ours if what is stored now is exactly what we wrote.
+            Lwt::Unknown => Ok(self.get_webhook(&e.tenant_id).await?.as_ref() == Some(e)),
+        }
     }
 
     async fn get_webhook(&self, tenant: &TenantId) -> Result<Option<WebhookEndpoint>> {

@@ -944,11 +944,23 @@ impl Storage for EmbeddedStorage {
         Ok(out)
     }
 
-    async fn put_webhook(&self, endpoint: &WebhookEndpoint) -> Result<()> {
+    async fn put_webhook(
+        &self,
+        endpoint: &WebhookEndpoint,
+        expected: Option<UnixMillis>,
+    ) -> Result<bool> {
         let key = endpoint.tenant_id.as_str().as_bytes().to_vec();
         let value = encode(endpoint)?;
-        self.write(move |txn| put_in(txn, WEBHOOKS, &key, &value))
-            .await
+        // The writer applies writes one at a time: check and write are atomic.
+        self.write(move |txn| {
+            let current = get_in::<WebhookEndpoint>(txn, WEBHOOKS, &key)?.map(|e| e.updated_at);
+            if current != expected {
+                return Ok(false);
+            }
+            put_in(txn, WEBHOOKS, &key, &value)?;
+            Ok(true)
+        })
+        .await
     }
 
     async fn get_webhook(&self, tenant: &TenantId) -> Result<Option<WebhookEndpoint>> {

@@ -224,8 +224,15 @@ pub trait Storage: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<AuditRecord>>;
 
-    /// Sets (replaces) the tenant's webhook endpoint.
-    async fn put_webhook(&self, endpoint: &WebhookEndpoint) -> Result<()>;
+    /// Sets the tenant's webhook endpoint if the stored one is the version
+    /// the caller read: `expected` is its `updated_at`, `None` for "there
+    /// is none". `false` when another change came first (read, retry), so
+    /// a secret already shown to the tenant is never silently replaced.
+    async fn put_webhook(
+        &self,
+        endpoint: &WebhookEndpoint,
+        expected: Option<UnixMillis>,
+    ) -> Result<bool>;
     async fn get_webhook(&self, tenant: &TenantId) -> Result<Option<WebhookEndpoint>>;
     /// `false` when the tenant had none.
     async fn delete_webhook(&self, tenant: &TenantId) -> Result<bool>;

@@ -364,11 +364,18 @@ impl Storage for MemStorage {
         Ok(out)
     }
 
-    async fn put_webhook(&self, endpoint: &WebhookEndpoint) -> Result<()> {
-        self.lock()?
-            .webhooks
+    async fn put_webhook(
+        &self,
+        endpoint: &WebhookEndpoint,
+        expected: Option<UnixMillis>,
+    ) -> Result<bool> {
+        let mut g = self.lock()?;
+        if g.webhooks.get(&endpoint.tenant_id).map(|e| e.updated_at) != expected {
+            return Ok(false);
+        }
+        g.webhooks
             .insert(endpoint.tenant_id.clone(), endpoint.clone());
-        Ok(())
+        Ok(true)
     }
 
     async fn get_webhook(&self, tenant: &TenantId) -> Result<Option<WebhookEndpoint>> {

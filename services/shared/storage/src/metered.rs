@@ -278,8 +278,12 @@ impl Storage for MeteredStorage {
             .await
     }
 
-    async fn put_webhook(&self, endpoint: &WebhookEndpoint) -> Result<()> {
-        self.timed("put_webhook", self.inner.put_webhook(endpoint))
+    async fn put_webhook(
+        &self,
+        endpoint: &WebhookEndpoint,
+        expected: Option<UnixMillis>,
+    ) -> Result<bool> {
+        self.timed("put_webhook", self.inner.put_webhook(endpoint, expected))
             .await
     }
 

@@ -916,14 +916,20 @@ pub async fn webhooks_and_dead_deliveries(s: Store) {
         created_at: 1,
         updated_at: 1,
     };
-    s.put_webhook(&e).await.unwrap();
+    assert!(s.put_webhook(&e, None).await.unwrap());
+    // Set once: a second "create" loses, and so does a stale version.
+    assert!(!s.put_webhook(&e, None).await.unwrap());
+    let first = e.clone();
+    e.updated_at = 2;
+    assert!(!s.put_webhook(&e, Some(7)).await.unwrap());
+    assert_eq!(s.get_webhook(&t).await.unwrap(), Some(first));
     e.url = "https://idp.example.com/hook2".into();
     e.secrets.push(StoredSecret {
         secret: sesame_core::webhook::Secret::generate().encode(),
         created_at: 2,
         retire_at: Some(now_ms() + 60_000),
     });
-    s.put_webhook(&e).await.unwrap();
+    assert!(s.put_webhook(&e, Some(1)).await.unwrap());
     assert_eq!(s.get_webhook(&t).await.unwrap(), Some(e.clone()));
     assert_eq!(s.get_webhook(&other).await.unwrap(), None);
     assert!(!s.delete_webhook(&other).await.unwrap());

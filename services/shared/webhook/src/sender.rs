@@ -68,10 +68,13 @@ impl Resolve for GuardedResolver {
                 .into_iter()
                 .partition(|a| policy.check(a.ip()).is_ok());
             if allowed.is_empty() {
+                // The addresses go to the operator's log only: the reason
+                // reaches the tenant (dead deliveries), who must not learn
+                // how internal names resolve.
                 let list: Vec<String> = refused.iter().map(|a| a.ip().to_string()).collect();
+                tracing::warn!(%host, addresses = %list.join(", "), "webhook endpoint resolves only to non-public addresses; refused");
                 return Err(Box::new(Blocked(format!(
-                    "{host} resolves only to non-public addresses ({}); add them to webhook.allow_private to allow them",
-                    list.join(", ")
+                    "{host} resolves only to non-public addresses (refused; the operator may allow a range with webhook.allow_private)"
                 ))) as Box<dyn std::error::Error + Send + Sync>);
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
@@ -187,6 +190,10 @@ impl Sender {
                     .and_then(|v| v.to_str().ok()),
             ),
             Err(e) => {
+                // Without the URL: its path or query may hold the
+                // receiver's own token, and the reason is logged, audited
+                // and shown in dead deliveries.
+                let e = e.without_url();
                 let (reason, blocked) = error_chain(&e);
                 if blocked {
                     Attempt::Refused { reason }

@@ -123,13 +123,31 @@ impl Worker {
         let (stop_tx, stop_rx) = watch::channel(false);
         let me = Arc::new(self);
         while let Some(delivery) = consumer.next().await {
-            let budget = if delivery.job.not_before > now_ms() {
-                &waiting
+            let permit = if delivery.job.not_before > now_ms() {
+                // A retry waits for its time in a budget of its own. When
+                // that is full it goes back to the queue rather than block
+                // the loop: fresh verdicts must not wait behind retries.
+                match waiting.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(tokio::sync::TryAcquireError::Closed) => break,
+                    Err(tokio::sync::TryAcquireError::NoPermits) => {
+                        if me.queue.publish_webhook(delivery.job.clone()).await.is_ok() {
+                            delivery.ack();
+                            // Not a hot loop over a queue full of retries.
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            continue;
+                        }
+                        let Ok(p) = waiting.clone().acquire_owned().await else {
+                            break;
+                        };
+                        p
+                    }
+                }
             } else {
-                &fresh
-            };
-            let Ok(permit) = budget.clone().acquire_owned().await else {
-                break;
+                let Ok(p) = fresh.clone().acquire_owned().await else {
+                    break;
+                };
+                p
             };
             let (me, sending, stop) = (me.clone(), sending.clone(), stop_rx.clone());
             let span = tracing::info_span!(
@@ -261,6 +279,17 @@ impl Worker {
             return;
         };
         let secrets = endpoint.signing_secrets(now_ms());
+        if secrets.is_empty() {
+            // Never an unsigned request: the receiver could not tell it
+            // from a forgery.
+            self.give_up(
+                delivery,
+                &job,
+                "the endpoint has no live signing secret".into(),
+            )
+            .await;
+            return;
+        }
         match self
             .sender
             .post(&url, &job.delivery_id, &secrets, body)
@@ -329,8 +358,10 @@ impl Worker {
         delivery.ack();
     }
 
-    /// Keeps the delivery for the tenant to see and redeliver. Left
-    /// unacknowledged if it cannot be stored (the queue delivers it again).
+    /// Keeps the delivery for the tenant to see and redeliver. If the store
+    /// cannot take it now, the job goes back to the queue to be given up
+    /// again later; acknowledged either way, so that one stuck job cannot
+    /// hold a Kafka partition's offsets.
     async fn give_up(&self, delivery: WebhookDelivery, job: &WebhookJob, reason: String) {
         metrics::outcome("dead_lettered");
         tracing::warn!(%reason, delivery_id = %job.delivery_id, "webhook delivery given up");
@@ -343,12 +374,20 @@ impl Worker {
             failed_at: now_ms(),
         };
         self.record(job, AuditAction::WebhookFailed, reason);
-        match self.storage.put_dead_delivery(&dead).await {
-            Ok(()) => delivery.ack(),
-            Err(e) => {
-                tracing::error!(error = %e, "dead webhook delivery not stored; left in the queue")
+        if let Err(e) = self.storage.put_dead_delivery(&dead).await {
+            let mut later = job.clone();
+            later.not_before =
+                now_ms().saturating_add(self.config.base_backoff.as_millis() as i64 * 5);
+            match self.queue.publish_webhook(later).await {
+                Ok(()) => {
+                    tracing::warn!(error = %e, "dead webhook delivery not stored yet; queued again")
+                }
+                Err(q) => {
+                    tracing::error!(error = %e, queue_error = %q, delivery_id = %job.delivery_id, "webhook delivery lost: neither stored as dead nor queued again")
+                }
             }
         }
+        delivery.ack();
     }
 
     fn record(&self, job: &WebhookJob, action: AuditAction, detail: String) {
