@@ -8,6 +8,7 @@
 //! share in flight gets its job back in the queue for later instead of a
 //! slot, so one dead receiver cannot stall the others.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,8 +36,21 @@ pub struct Worker {
     sender: Sender,
     config: WebhookConfig,
     audit: AuditLog,
-    per_tenant: DashMap<TenantId, Arc<Semaphore>>,
+    per_tenant: DashMap<TenantId, Arc<TenantSlots>>,
 }
+
+/// One tenant's requests in flight, and jobs waiting for one of them.
+struct TenantSlots {
+    sending: Arc<Semaphore>,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// Jobs of one tenant that may wait for its slots, per slot: enough that a
+/// busy, healthy endpoint keeps its slots full; few enough that a dead one
+/// holds a small part of the jobs taken from the queue.
+const WAITING_PER_SLOT: usize = 8;
+/// How long a job over its tenant's waiting bound goes back to the queue.
+const DEFER: Duration = Duration::from_secs(1);
 
 /// Delay before retry number `attempt` (1-based): the receiver's
 /// `Retry-After` when it gave one, else full-jitter exponential backoff;
@@ -169,18 +183,24 @@ impl Worker {
         let _ = waiting.acquire_many(waiting_limit as u32).await;
     }
 
-    fn tenant_slots(&self, tenant: &TenantId) -> Arc<Semaphore> {
+    fn tenant_slots(&self, tenant: &TenantId) -> Arc<TenantSlots> {
         if let Some(s) = self.per_tenant.get(tenant) {
             return s.clone();
         }
+        let slots = self.config.per_tenant_concurrency.max(1);
         // Tenants are few; a bound keeps garbage tenant ids from growing it.
         if self.per_tenant.len() >= 100_000 {
             self.per_tenant
-                .retain(|_, s| s.available_permits() < self.config.per_tenant_concurrency.max(1));
+                .retain(|_, s| s.sending.available_permits() < slots);
         }
         self.per_tenant
             .entry(tenant.clone())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.config.per_tenant_concurrency.max(1))))
+            .or_insert_with(|| {
+                Arc::new(TenantSlots {
+                    sending: Arc::new(Semaphore::new(slots)),
+                    waiting: Default::default(),
+                })
+            })
             .clone()
     }
 
@@ -256,20 +276,29 @@ impl Worker {
                 return;
             }
         };
-        // This tenant's share of requests in flight; if it is taken, the
-        // job goes back to the queue for later rather than wait here.
+        // This tenant's share of requests in flight. A job waits for one
+        // while few of its tenant's jobs do; past that (a slow or dead
+        // endpoint) it goes back to the queue for a moment, so that one
+        // tenant's jobs cannot fill everything taken from the queue.
         let slots = self.tenant_slots(&job.tenant_id);
-        let _tenant_slot = match slots.clone().try_acquire_owned() {
+        let _tenant_slot = match slots.sending.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                let mut later = job.clone();
-                later.not_before = now_ms().saturating_add(self.config.timeout.as_millis() as i64);
-                if self.queue.publish_webhook(later).await.is_ok() {
-                    metrics::outcome("deferred");
-                    delivery.ack();
-                    return;
+                let bound = self.config.per_tenant_concurrency.max(1) * WAITING_PER_SLOT;
+                if slots.waiting.fetch_add(1, Ordering::SeqCst) >= bound {
+                    slots.waiting.fetch_sub(1, Ordering::SeqCst);
+                    let mut later = job.clone();
+                    later.not_before = now_ms().saturating_add(DEFER.as_millis() as i64);
+                    if self.queue.publish_webhook(later).await.is_ok() {
+                        metrics::outcome("deferred");
+                        delivery.ack();
+                        return;
+                    }
+                    slots.waiting.fetch_add(1, Ordering::SeqCst);
                 }
-                let Ok(p) = slots.acquire_owned().await else {
+                let p = slots.sending.clone().acquire_owned().await;
+                slots.waiting.fetch_sub(1, Ordering::SeqCst);
+                let Ok(p) = p else {
                     return;
                 };
                 p
