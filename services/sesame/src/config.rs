@@ -235,6 +235,9 @@ pub struct AdmissionSection {
     pub tolerance: f64,
     /// A call whose `grpc-timeout` leaves less is refused before any work.
     pub min_deadline_ms: u64,
+    /// Ceiling on the mean latency of admitted calls (ms): above it the
+    /// limit shrinks and does not grow. 0: none (Gradient2 alone).
+    pub target_latency_ms: u64,
 }
 
 impl Default for AdmissionSection {
@@ -247,6 +250,7 @@ impl Default for AdmissionSection {
             max_limit: d.max_limit,
             tolerance: d.tolerance,
             min_deadline_ms: d.min_deadline.as_millis() as u64,
+            target_latency_ms: d.target_latency.as_millis() as u64,
         }
     }
 }
@@ -260,6 +264,7 @@ impl AdmissionSection {
             max_limit: self.max_limit,
             tolerance: self.tolerance,
             min_deadline: std::time::Duration::from_millis(self.min_deadline_ms),
+            target_latency: std::time::Duration::from_millis(self.target_latency_ms),
             ..Default::default()
         }
     }
@@ -640,6 +645,10 @@ impl Config {
         anyhow::ensure!(
             a.min_deadline_ms <= 60_000,
             "admission.min_deadline_ms: 0-60000"
+        );
+        anyhow::ensure!(
+            a.target_latency_ms <= 60_000,
+            "admission.target_latency_ms: 0 (none) to 60000"
         );
         anyhow::ensure!(
             (1..=1_000_000).contains(&self.dispatcher.max_waiting_retries),

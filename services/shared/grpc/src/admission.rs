@@ -114,6 +114,10 @@ pub struct AdmissionConfig {
     /// How much slower than the long-term latency recent requests may be
     /// before the limit shrinks.
     pub tolerance: f64,
+    /// A ceiling on the recent mean latency of admitted calls: above it the
+    /// limit shrinks (by up to half per window) and does not grow, whatever
+    /// the long-term latency has become. Zero: no ceiling, Gradient2 alone.
+    pub target_latency: Duration,
     /// A request with less time left than this is refused before any work.
     pub min_deadline: Duration,
     /// Pushback offered to refused callers: uniformly between these.
@@ -131,6 +135,7 @@ impl Default for AdmissionConfig {
             min_limit: 32,
             max_limit: 4096,
             tolerance: 2.0,
+            target_latency: Duration::ZERO,
             min_deadline: Duration::from_millis(5),
             pushback_min: Duration::from_millis(250),
             pushback_max: Duration::from_millis(2000),
@@ -278,12 +283,22 @@ impl Limiter {
         };
         let limit = self.limit();
         let gradient = (self.config.tolerance * w.long_us / short.max(1.0)).clamp(0.5, 1.0);
-        let next = limit * gradient + limit.sqrt();
+        // Over the latency ceiling: shrink in proportion, never grow. A
+        // surge that lasts long enough for the long-term average to get used
+        // to queueing is still answered by shedding.
+        let target_us = self.config.target_latency.as_secs_f64() * 1e6;
+        let over_target = target_us > 0.0 && short > target_us;
+        let next = if over_target {
+            limit * gradient.min((target_us / short).clamp(0.5, 1.0))
+        } else {
+            limit * gradient + limit.sqrt()
+        };
         // The limit moves only while it binds: some call was shed, or calls
         // in flight reached half of it. Far below it, nothing queues behind
         // the limit, and a quiet server learns nothing about its capacity.
+        // Over the ceiling it always moves.
         let shed = self.shed_in_window.swap(0, Ordering::Relaxed) > 0;
-        let binding = shed || (w.max_in_flight as f64) >= limit / 2.0;
+        let binding = shed || over_target || (w.max_in_flight as f64) >= limit / 2.0;
         let next = if binding { next } else { limit };
         let smoothed = (limit * 0.8 + next * 0.2).clamp(
             self.config.min_limit.max(1) as f64,
@@ -574,6 +589,32 @@ mod tests {
         let shrunk = l.limit();
         assert!(shrunk < grown * 0.8, "{grown} -> {shrunk}");
         assert!(shrunk >= 32.0, "never under the minimum");
+    }
+
+    #[test]
+    fn over_the_latency_ceiling_the_limit_shrinks_even_once_used_to_it() {
+        let mk = |target| {
+            Arc::new(Limiter::new(AdmissionConfig {
+                initial_limit: 256,
+                min_limit: 16,
+                target_latency: target,
+                ..Default::default()
+            }))
+        };
+        let (gradient_only, ceiling) = (mk(Duration::ZERO), mk(Duration::from_millis(10)));
+        // A long steady 30 ms, calls near the limit: Gradient2 gets used to
+        // it (recent equals long-term) and keeps growing; with a 10 ms
+        // ceiling the limit comes down to its floor instead.
+        for l in [&gradient_only, &ceiling] {
+            feed(l, 400, Duration::from_millis(30), 200);
+        }
+        assert!(gradient_only.limit() >= 256.0, "{}", gradient_only.limit());
+        assert!(ceiling.limit() < 64.0, "{}", ceiling.limit());
+        assert!(ceiling.limit() >= 16.0, "never under the minimum");
+        // Back under the ceiling and busy: it grows again.
+        let low = ceiling.limit();
+        feed(&ceiling, 400, Duration::from_millis(2), (low as usize) - 1);
+        assert!(ceiling.limit() > low, "{low} -> {}", ceiling.limit());
     }
 
     #[test]
