@@ -37,17 +37,23 @@ if [ "$which" = embedded ] || [ "$which" = all ]; then
         ramp --start 200 --step-factor 1.3 --step-secs 8 --target-p99-ms 50
     kill "$server"; wait "$server" || true
 
-    # The surge, on a fresh server (like the comparison run below).
-    port=$(free_port)
-    SESAME_ADMIN_LISTEN="" "$target/sesame" serve --listen "127.0.0.1:$port" --data-dir "$work/embedded-on" &
-    pids+=($!); server=$!
-    wait_port "$port"; sleep 0.5
-    url="http://127.0.0.1:$port"
-    loadtest --server "$url" --data-dir "$work/embedded-on" --users 500 steady --rate 100 --secs 5 >/dev/null
-    loadtest --server "$url" --data-dir "$work/embedded-on" --users 4000 --server-pid "$server" \
-        --out "$out/embedded-surge.json" --chart "$out/embedded-surge.svg" \
-        surge --rate 300 --factor 10 --before 10 --during 20 --after 15
-    kill "$server"; wait "$server" || true
+    # The surge, on a fresh server (like the comparison runs below): the
+    # defaults (latency ceiling on), then the ceiling off.
+    for variant in ceiling no-ceiling; do
+        ceiling=3
+        [ "$variant" = no-ceiling ] && ceiling=0
+        port=$(free_port)
+        SESAME_ADMISSION__TARGET_LATENCY_MS=$ceiling SESAME_ADMIN_LISTEN="" "$target/sesame" serve \
+            --listen "127.0.0.1:$port" --data-dir "$work/embedded-$variant" &
+        pids+=($!); server=$!
+        wait_port "$port"; sleep 0.5
+        url="http://127.0.0.1:$port"
+        loadtest --server "$url" --data-dir "$work/embedded-$variant" --users 500 steady --rate 100 --secs 5 >/dev/null
+        loadtest --server "$url" --data-dir "$work/embedded-$variant" --users 4000 --server-pid "$server" \
+            --out "$out/embedded-surge-$variant.json" --chart "$out/embedded-surge-$variant.svg" \
+            surge --rate 300 --factor 10 --before 10 --during 20 --after 15
+        kill "$server"; wait "$server" || true
+    done
 
     # Push bombing: the default guard (not the lenient one above), normal
     # logins at 100/s while an attacker asks 50 times a second for one user.

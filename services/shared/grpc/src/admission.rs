@@ -10,9 +10,14 @@
 //! - **One adaptive concurrency limit** per process, Gradient2-style (after
 //!   Netflix's concurrency-limits): the limit follows the ratio of the
 //!   long-term to the recent latency, so it shrinks as soon as requests start
-//!   to queue inside the server and grows back when they do not. A priority
-//!   may use only part of it: enrollment up to 50 %, new challenges up to
-//!   85 %, answers up to 125 %, so lower priorities are shed first.
+//!   to queue inside the server and grows back when they do not, and a
+//!   latency ceiling ([`AdmissionConfig::target_latency`]) above which it
+//!   shrinks whatever the long-term latency has become. A priority may use
+//!   only part of it: enrollment up to 50 %, new challenges up to 85 %, so
+//!   lower priorities are shed first. Answers to started logins are bounded
+//!   by the hard ceiling (`max_limit`) only: the challenges admitted already
+//!   bound them, and shedding one makes an accepted login wait out a
+//!   pushback.
 //! - **No queue**: a request over its share is refused at once with
 //!   `UNAVAILABLE` and a jittered `grpc-retry-pushback-ms`.
 //! - **Deadlines**: a request whose `grpc-timeout` leaves less than
@@ -91,9 +96,8 @@ impl Priority {
         }
     }
 
-    /// The part of the limit this priority may fill. Answers may go a
-    /// quarter over it: when the limit drops under a surge, finishing the
-    /// logins already started is the work worth doing.
+    /// The part of the limit this priority may fill (answers: see
+    /// `try_acquire`, they answer to `max_limit`).
     fn share(self) -> f64 {
         match self {
             Priority::Exempt => 1.0,
@@ -135,7 +139,11 @@ impl Default for AdmissionConfig {
             min_limit: 32,
             max_limit: 4096,
             tolerance: 2.0,
-            target_latency: Duration::ZERO,
+            // Tuned on the 2-core development machine with the embedded
+            // store (docs/performance.md): admitted calls average 1-3 ms
+            // there until it saturates. Raise it where every call pays a
+            // network round trip to storage (ScyllaDB: 10-20 ms).
+            target_latency: Duration::from_millis(3),
             min_deadline: Duration::from_millis(5),
             pushback_min: Duration::from_millis(250),
             pushback_max: Duration::from_millis(2000),
@@ -222,7 +230,16 @@ impl Limiter {
             });
         }
         let limit = self.limit();
-        let cap = ((limit * priority.share()).floor() as usize).max(1);
+        // Answers to started logins are the work admitted challenges
+        // already committed to (a handful of calls each): they are bounded
+        // by how many challenges got in, and shedding them turns a login
+        // the server accepted into one that waits out a pushback. So they
+        // answer to the hard ceiling, not to the adaptive limit.
+        let cap = if priority == Priority::Critical {
+            self.config.max_limit.max(1)
+        } else {
+            ((limit * priority.share()).floor() as usize).max(1)
+        };
         let mut current = self.in_flight.load(Ordering::Relaxed);
         loop {
             if current >= cap {
@@ -295,10 +312,11 @@ impl Limiter {
         };
         // The limit moves only while it binds: some call was shed, or calls
         // in flight reached half of it. Far below it, nothing queues behind
-        // the limit, and a quiet server learns nothing about its capacity.
-        // Over the ceiling it always moves.
+        // the limit, and a quiet server learns nothing about its capacity
+        // (nor does a slow one: latency over the ceiling with little in
+        // flight is the storage's, not overload, and shedding cures nothing).
         let shed = self.shed_in_window.swap(0, Ordering::Relaxed) > 0;
-        let binding = shed || over_target || (w.max_in_flight as f64) >= limit / 2.0;
+        let binding = shed || (w.max_in_flight as f64) >= limit / 2.0;
         let next = if binding { next } else { limit };
         let smoothed = (limit * 0.8 + next * 0.2).clamp(
             self.config.min_limit.max(1) as f64,
@@ -526,9 +544,10 @@ mod tests {
         let l = Arc::new(Limiter::new(AdmissionConfig {
             initial_limit: 20,
             min_limit: 20,
-            max_limit: 20,
+            max_limit: 25,
             ..Default::default()
         }));
+        // (The limit starts at 20: `max_limit` is only the answers' ceiling.)
         // Enrollment may fill half of the limit.
         let low: Vec<_> = (0..20)
             .filter_map(|_| l.try_acquire(Priority::Low))
@@ -539,12 +558,13 @@ mod tests {
             .filter_map(|_| l.try_acquire(Priority::Normal))
             .collect();
         assert_eq!(normal.len(), 7);
-        // Answers may use the rest and a quarter more; exempt calls are
-        // never refused.
+        // Answers to started logins are bounded by the hard ceiling, not by
+        // the adaptive limit; exempt calls are never refused.
         let critical: Vec<_> = (0..20)
             .filter_map(|_| l.try_acquire(Priority::Critical))
             .collect();
         assert_eq!(critical.len(), 8);
+        assert!(l.try_acquire(Priority::Normal).is_none());
         let exempt = l.try_acquire(Priority::Exempt);
         assert!(exempt.is_some());
         assert!(l.try_acquire(Priority::Critical).is_none());
