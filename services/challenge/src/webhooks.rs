@@ -9,7 +9,7 @@ use sesame_audit::AuditLog;
 use sesame_core::audit::AuditAction;
 use sesame_core::time::now_ms;
 use sesame_core::webhook::{
-    delivery_id, AddressPolicy, EndpointUrl, Secret, StoredSecret, WebhookEndpoint,
+    delivery_id, AddressPolicy, EndpointUrl, SealKey, Secret, StoredSecret, WebhookEndpoint,
 };
 use sesame_core::{ChallengeId, TenantId};
 use sesame_grpc::auth::Origin;
@@ -39,6 +39,7 @@ pub struct WebhookApi {
     audit: AuditLog,
     endpoints: Arc<Endpoints>,
     policy: AddressPolicy,
+    seal_key: Option<Arc<SealKey>>,
     /// tenant -> (tokens, when last refilled)
     redeliveries: dashmap::DashMap<TenantId, (f64, std::time::Instant)>,
 }
@@ -76,6 +77,7 @@ impl WebhookApi {
         audit: AuditLog,
         endpoints: Arc<Endpoints>,
         policy: AddressPolicy,
+        seal_key: Option<Arc<SealKey>>,
     ) -> Self {
         WebhookApi {
             storage,
@@ -84,6 +86,7 @@ impl WebhookApi {
             audit,
             endpoints,
             policy,
+            seal_key,
             redeliveries: dashmap::DashMap::new(),
         }
     }
@@ -169,6 +172,19 @@ fn concurrent() -> ApiError {
     )
 }
 
+impl WebhookApi {
+    /// A new secret: what the tenant is shown, and what is stored (sealed
+    /// with the operator's key when there is one).
+    fn new_secret(&self, tenant: &TenantId) -> (String, String) {
+        let s = Secret::generate();
+        let stored = match &self.seal_key {
+            Some(k) => k.seal(&s, tenant.as_str()),
+            None => s.encode(),
+        };
+        (s.encode(), stored)
+    }
+}
+
 fn check_id(field: &str, v: &str) -> Result<(), ApiError> {
     if v.len() > MAX_ID_LEN || v.chars().any(|c| c.is_control()) {
         return Err(ApiError::invalid(
@@ -197,12 +213,12 @@ impl pb::webhook_service_server::WebhookService for WebhookApi {
                 (e, String::new(), Some(read))
             }
             Err(ApiError::NotFound(_)) => {
-                let secret = Secret::generate().encode();
+                let (secret, stored) = self.new_secret(&tenant);
                 let e = WebhookEndpoint {
                     tenant_id: tenant.clone(),
                     url: url.as_str().to_owned(),
                     secrets: vec![StoredSecret {
-                        secret: secret.clone(),
+                        secret: stored,
                         created_at: now,
                         retire_at: None,
                     }],
@@ -285,7 +301,7 @@ impl pb::webhook_service_server::WebhookService for WebhookApi {
         };
         let mut e = self.endpoint(&tenant).await?;
         let now = now_ms();
-        let secret = Secret::generate().encode();
+        let (secret, stored) = self.new_secret(&tenant);
         // The current secret retires after the grace period; one rotated
         // out earlier stops now (two live secrets at most).
         let previous = e
@@ -298,7 +314,7 @@ impl pb::webhook_service_server::WebhookService for WebhookApi {
                 ..s
             });
         e.secrets = std::iter::once(StoredSecret {
-            secret: secret.clone(),
+            secret: stored,
             created_at: now,
             retire_at: None,
         })

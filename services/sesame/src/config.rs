@@ -314,6 +314,11 @@ pub struct WebhookSection {
     pub ca_file: String,
     /// How long a tenant's endpoint is cached per process.
     pub cache_ttl_ms: u64,
+    /// A file holding 32 random bytes in base64 (`head -c 32 /dev/urandom |
+    /// base64`): new signing secrets are stored sealed with it (AES-256-GCM,
+    /// bound to the tenant). Empty: stored as shown. Every `challenge`
+    /// process needs the same file.
+    pub seal_key_file: String,
 }
 
 impl Default for WebhookSection {
@@ -329,6 +334,7 @@ impl Default for WebhookSection {
             allow_private: Vec::new(),
             ca_file: String::new(),
             cache_ttl_ms: d.cache_ttl.as_millis() as u64,
+            seal_key_file: String::new(),
         }
     }
 }
@@ -346,7 +352,20 @@ impl WebhookSection {
                     .map_err(|e| anyhow::anyhow!("webhook.ca_file {}: {e}", self.ca_file))?,
             )
         };
+        let seal_key = if self.seal_key_file.is_empty() {
+            None
+        } else {
+            let text = std::fs::read_to_string(&self.seal_key_file).map_err(|e| {
+                anyhow::anyhow!("webhook.seal_key_file {}: {e}", self.seal_key_file)
+            })?;
+            Some(std::sync::Arc::new(
+                sesame_core::webhook::SealKey::parse(&text).map_err(|e| {
+                    anyhow::anyhow!("webhook.seal_key_file {}: {e}", self.seal_key_file)
+                })?,
+            ))
+        };
         Ok(sesame_webhook::WebhookConfig {
+            seal_key,
             max_attempts: self.max_attempts,
             base_backoff: std::time::Duration::from_millis(self.base_backoff_ms),
             max_backoff: std::time::Duration::from_millis(self.max_backoff_ms),

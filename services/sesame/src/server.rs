@@ -424,6 +424,7 @@ impl Sesame {
                 audit.clone(),
                 endpoints.clone(),
                 webhook_config.allow.clone(),
+                webhook_config.seal_key.clone(),
             ))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
         });

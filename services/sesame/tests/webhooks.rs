@@ -32,8 +32,12 @@ async fn setup(max_attempts: u32, allow_loopback: bool) -> Setup {
     let ca_dir = tempfile::tempdir().unwrap();
     let ca = ca_dir.path().join("receiver-ca.pem");
     std::fs::write(&ca, &tls.ca_pem).unwrap();
+    // Secrets at rest sealed with an operator key.
+    let seal = ca_dir.path().join("seal.key");
+    std::fs::write(&seal, "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n").unwrap();
     let h = Harness::start_configured(|c| {
         c.webhook.ca_file = ca.display().to_string();
+        c.webhook.seal_key_file = seal.display().to_string();
         c.webhook.base_backoff_ms = 50;
         c.webhook.max_backoff_ms = 400;
         c.webhook.max_attempts = max_attempts;
@@ -123,6 +127,19 @@ async fn every_verdict_reaches_the_receiver_signed_once_even_after_it_was_down()
     // Setting it again keeps the secret and does not show it again.
     let again = set_webhook(h, &url).await;
     assert!(again.secret.is_empty());
+    // Storage holds it sealed, not as shown.
+    let stored = h
+        .storage
+        .get_webhook(&sesame_core::TenantId::parse("dev").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.secrets.len(), 1);
+    assert!(
+        stored.secrets[0].secret.starts_with("sealed:v1:"),
+        "stored in clear"
+    );
+    assert!(!stored.secrets[0].secret.contains(&set.secret[6..]));
 
     let mut expect = Vec::new();
     expect.push((

@@ -50,6 +50,8 @@ pub enum WebhookError {
     Signature(&'static str),
     #[error("not an address range (want a.b.c.d/n or x::y/n): {0}")]
     Cidr(String),
+    #[error("seal key: {0}")]
+    Key(String),
 }
 
 /// A webhook endpoint URL, checked: `https`, a host, no credentials, no
@@ -414,14 +416,84 @@ impl std::fmt::Debug for StoredSecret {
 }
 
 impl WebhookEndpoint {
-    /// The secrets that sign at `now` (undecodable ones are skipped: they
-    /// cannot have been written by Sesame).
-    pub fn signing_secrets(&self, now: UnixMillis) -> Vec<Secret> {
+    /// The secrets that sign at `now`, opened with `key` where sealed.
+    /// One that cannot be read (sealed without the key, or with another
+    /// key) is skipped: the caller refuses to send unsigned.
+    pub fn signing_secrets(&self, now: UnixMillis, key: Option<&SealKey>) -> Vec<Secret> {
         self.secrets
             .iter()
             .filter(|s| s.retire_at.is_none_or(|t| now < t))
-            .filter_map(|s| Secret::parse(&s.secret).ok())
+            .filter_map(|s| match s.secret.strip_prefix(SEALED_PREFIX) {
+                Some(_) => key?.open(&s.secret, self.tenant_id.as_str()).ok(),
+                None => Secret::parse(&s.secret).ok(),
+            })
             .collect()
+    }
+}
+
+/// A stored secret sealed with the operator's key: `sealed:v1:` and the
+/// base64 of a 96-bit nonce, the AES-256-GCM ciphertext and its tag.
+pub const SEALED_PREFIX: &str = "sealed:v1:";
+
+/// The operator's key for webhook secrets at rest (`webhook.seal_key_file`):
+/// with it, storage (and its backups) holds only sealed secrets, bound to
+/// their tenant (the tenant id is the associated data, so a sealed secret
+/// copied to another tenant's row does not open).
+pub struct SealKey(ring::aead::LessSafeKey);
+
+impl std::fmt::Debug for SealKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealKey(..)")
+    }
+}
+
+impl SealKey {
+    /// 32 bytes, given as base64 (what `head -c 32 /dev/urandom | base64`
+    /// prints); surrounding whitespace is ignored.
+    pub fn parse(b64: &str) -> Result<SealKey, WebhookError> {
+        let bytes = B64
+            .decode(b64.trim())
+            .map_err(|_| WebhookError::Key("not base64".into()))?;
+        let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &bytes)
+            .map_err(|_| WebhookError::Key(format!("{} bytes; need 32", bytes.len())))?;
+        Ok(SealKey(ring::aead::LessSafeKey::new(key)))
+    }
+
+    pub fn seal(&self, secret: &Secret, tenant: &str) -> String {
+        let nonce = crate::ids::random_bytes::<12>();
+        let mut data = secret.encode().into_bytes();
+        // Sealing only fails for inputs beyond AES-GCM's size limit.
+        if self
+            .0
+            .seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(tenant.as_bytes()),
+                &mut data,
+            )
+            .is_err()
+        {
+            return String::new();
+        }
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&data);
+        format!("{SEALED_PREFIX}{}", B64.encode(out))
+    }
+
+    pub fn open(&self, sealed: &str, tenant: &str) -> Result<Secret, WebhookError> {
+        let raw = sealed
+            .strip_prefix(SEALED_PREFIX)
+            .and_then(|b| B64.decode(b).ok())
+            .filter(|r| r.len() > 12 + 16)
+            .ok_or(WebhookError::Secret)?;
+        let (nonce, rest) = raw.split_at(12);
+        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce)
+            .map_err(|_| WebhookError::Secret)?;
+        let mut data = rest.to_vec();
+        let plain = self
+            .0
+            .open_in_place(nonce, ring::aead::Aad::from(tenant.as_bytes()), &mut data)
+            .map_err(|_| WebhookError::Secret)?;
+        Secret::parse(std::str::from_utf8(plain).map_err(|_| WebhookError::Secret)?)
     }
 }
 
@@ -615,6 +687,63 @@ mod tests {
         assert!(Secret::parse("whsec_!!").is_err());
         assert!(Secret::parse(&s.encode()[6..]).is_err());
         assert_eq!(format!("{s:?}"), "Secret(..)");
+    }
+
+    #[test]
+    fn sealed_secrets_open_only_with_their_key_and_tenant() {
+        let key = SealKey::parse(&B64.encode([7u8; 32])).unwrap_or_else(|e| panic!("{e}"));
+        let other = SealKey::parse(&B64.encode([8u8; 32])).unwrap_or_else(|e| panic!("{e}"));
+        let s = Secret::generate();
+        let sealed = key.seal(&s, "bank-a");
+        assert!(sealed.starts_with(SEALED_PREFIX));
+        assert!(
+            !sealed.contains(&s.encode()[6..]),
+            "the secret shows through"
+        );
+        assert_ne!(key.seal(&s, "bank-a"), sealed, "a fresh nonce each time");
+        assert_eq!(key.open(&sealed, "bank-a"), Ok(s.clone()));
+        assert!(
+            key.open(&sealed, "bank-b").is_err(),
+            "moved to another tenant"
+        );
+        assert!(other.open(&sealed, "bank-a").is_err(), "another key");
+        let mut tampered = sealed.clone().into_bytes();
+        let i = tampered.len() - 3;
+        tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+        assert!(key
+            .open(std::str::from_utf8(&tampered).unwrap_or_default(), "bank-a")
+            .is_err());
+        assert!(key.open("sealed:v1:AAAA", "bank-a").is_err());
+        assert!(SealKey::parse("c2hvcnQ=").is_err());
+        assert_eq!(format!("{key:?}"), "SealKey(..)");
+        // An endpoint mixing a clear and a sealed secret signs with both
+        // when the key is there, with the clear one alone when it is not.
+        let e = WebhookEndpoint {
+            tenant_id: crate::TenantId::parse("bank-a").unwrap_or_else(|e| panic!("{e}")),
+            url: "https://idp.example.com/h".into(),
+            secrets: vec![
+                StoredSecret {
+                    secret: sealed,
+                    created_at: 0,
+                    retire_at: None,
+                },
+                StoredSecret {
+                    secret: Secret::generate().encode(),
+                    created_at: 0,
+                    retire_at: Some(10),
+                },
+            ],
+            created_at: 0,
+            updated_at: 0,
+        };
+        assert_eq!(e.signing_secrets(5, Some(&key)).len(), 2);
+        assert_eq!(e.signing_secrets(5, None).len(), 1);
+        assert_eq!(e.signing_secrets(5, Some(&key))[0], s);
+        assert_eq!(
+            e.signing_secrets(10, Some(&key)).len(),
+            1,
+            "the old one retired"
+        );
     }
 
     #[test]

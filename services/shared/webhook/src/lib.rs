@@ -64,6 +64,9 @@ pub struct WebhookConfig {
     /// How long a tenant's endpoint is cached (a change takes this long to
     /// reach other processes).
     pub cache_ttl: Duration,
+    /// Seals new secrets at rest and opens sealed ones; none: secrets are
+    /// stored as they are shown.
+    pub seal_key: Option<Arc<sesame_core::webhook::SealKey>>,
 }
 
 impl Default for WebhookConfig {
@@ -79,6 +82,7 @@ impl Default for WebhookConfig {
             allow: AddressPolicy::default(),
             extra_ca_pem: None,
             cache_ttl: Duration::from_secs(5),
+            seal_key: None,
         }
     }
 }

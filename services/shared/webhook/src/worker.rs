@@ -307,14 +307,14 @@ impl Worker {
         let Ok(_slot) = sending.acquire().await else {
             return;
         };
-        let secrets = endpoint.signing_secrets(now_ms());
+        let secrets = endpoint.signing_secrets(now_ms(), self.config.seal_key.as_deref());
         if secrets.is_empty() {
             // Never an unsigned request: the receiver could not tell it
             // from a forgery.
             self.give_up(
                 delivery,
                 &job,
-                "the endpoint has no live signing secret".into(),
+                "no live signing secret could be read (sealed with a key this process lacks? see webhook.seal_key_file)".into(),
             )
             .await;
             return;
