@@ -113,6 +113,7 @@ VALUE_SETS = {
             },
             "devTenant": {"enabled": False},
             "tenantAdmin": {"existingSecret": "sesame-admin"},
+            "webhook": {"sealKeySecret": "webhook-seal"},
             "tls": {
                 "enabled": True,
                 "existingSecret": "sesame-tls",
@@ -440,7 +441,7 @@ class ChartRenders(unittest.TestCase):
         self.assertEqual(mounts["dispatcher"], {"kafka-ca", "kafka-sasl", "bank-apns", "bank-fcm"} | tls)
         state = {"scylla-auth", "scylla-tls", "kafka-ca", "kafka-sasl"} | tls
         # Only the challenge role serves the admin API.
-        self.assertEqual(mounts["challenge"], state | {"sesame-admin"})
+        self.assertEqual(mounts["challenge"], state | {"sesame-admin", "webhook-seal"})
         for role in ["verifier", "ratelimit"]:
             self.assertEqual(mounts[role], state, role)
         for _, d in docs:
@@ -489,6 +490,7 @@ class ChartRenders(unittest.TestCase):
                         self.assertIn('storage = "scylla://scylla-0.scylla:9042,scylla-1.scylla:9142/sesame"', run.stdout)
                         self.assertIn('cert = "/etc/sesame/secrets/tls/tls.crt"', run.stdout)
                         self.assertIn('admin_key_file = "/etc/sesame/secrets/admin/admin-key"', run.stdout)
+                        self.assertIn('seal_key_file = "/etc/sesame/secrets/webhook-seal/seal-key"', run.stdout)
                         self.assertIn('client_ca = "/etc/sesame/secrets/tls-client-ca/ca.crt"', run.stdout)
                         self.assertIn('internal_ca = "/etc/sesame/secrets/tls-internal/ca.crt"', run.stdout)
                         self.assertIn('client_cert = "/etc/sesame/secrets/tls-internal/tls.crt"', run.stdout)

@@ -130,6 +130,10 @@ app.kubernetes.io/component: {{ .role }}
 {{- /* Read by the challenge role only, where the Secret is mounted. */ -}}
 {{- $_ := set $c "admin_key_file" (printf "%s/admin/%s" $sec $v.tenantAdmin.secretKey) -}}
 {{- end -}}
+{{- with $v.webhook.sealKeySecret -}}
+{{- /* Read by the challenge role only, where the Secret is mounted. */ -}}
+{{- $_ := set $c "webhook" (dict "seal_key_file" (printf "%s/webhook-seal/%s" $sec $v.webhook.sealKeySecretKey)) -}}
+{{- end -}}
 {{- $deviceHost := ternary $fullname (printf "%s-verifier" ($fullname | trunc 52 | trimSuffix "-")) (eq $v.mode "embedded") -}}
 {{- $scheme := ternary "https" "http" $v.tls.enabled -}}
 {{- $_ := set $c "public_device_url" (default (printf "%s://%s.%s.svc:%d" $scheme $deviceHost .Release.Namespace (int $v.ports.grpc)) $v.publicDeviceUrl) -}}

@@ -185,6 +185,11 @@ spec:
           mountPath: {{ $sec }}/admin
           readOnly: true
         {{- end }}
+        {{- if and $v.webhook.sealKeySecret (or (eq $role "challenge") (eq $role "all")) }}
+        - name: webhook-seal
+          mountPath: {{ $sec }}/webhook-seal
+          readOnly: true
+        {{- end }}
         {{- if $v.tls.enabled }}
         # Whole directories (no subPath): renewed Secrets update in place.
         - name: tls
@@ -264,6 +269,15 @@ spec:
         items:
           - key: {{ $v.tenantAdmin.secretKey }}
             path: {{ $v.tenantAdmin.secretKey }}
+    {{- end }}
+    {{- if and $v.webhook.sealKeySecret (or (eq $role "challenge") (eq $role "all")) }}
+    - name: webhook-seal
+      secret:
+        secretName: {{ $v.webhook.sealKeySecret }}
+        defaultMode: 0440
+        items:
+          - key: {{ $v.webhook.sealKeySecretKey }}
+            path: {{ $v.webhook.sealKeySecretKey }}
     {{- end }}
     {{- if $v.tls.enabled }}
     - name: tls

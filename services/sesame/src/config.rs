@@ -403,7 +403,11 @@ impl WebhookSection {
             self.cache_ttl_ms <= 600_000,
             "webhook.cache_ttl_ms: 0-600000"
         );
-        self.to_config()?;
+        // The files (ca_file, seal_key_file) are read when the server
+        // starts, like the TLS files: a configuration can be checked where
+        // its Secrets are not mounted.
+        sesame_core::webhook::AddressPolicy::parse(&self.allow_private)
+            .map_err(|e| anyhow::anyhow!("webhook.allow_private: {e}"))?;
         Ok(())
     }
 }
