@@ -172,6 +172,9 @@ struct Window {
     samples: u32,
     sum_us: f64,
     long_us: f64,
+    /// The lowest window mean seen: what calls cost here when nothing
+    /// queues (a network round trip to storage or brokers included).
+    floor_us: f64,
     max_in_flight: usize,
 }
 
@@ -181,6 +184,8 @@ struct Window {
 const WINDOW_SAMPLES: u32 = 200;
 const WINDOW_TIME: Duration = Duration::from_millis(250);
 const MIN_WINDOW_SAMPLES: u32 = 20;
+/// The latency ceiling is at least this multiple of the lowest window mean.
+const FLOOR_FACTOR: f64 = 3.0;
 
 impl Limiter {
     pub fn new(mut config: AdmissionConfig) -> Limiter {
@@ -205,6 +210,7 @@ impl Limiter {
                 samples: 0,
                 sum_us: 0.0,
                 long_us: 0.0,
+                floor_us: f64::INFINITY,
                 max_in_flight: 0,
             }),
         }
@@ -303,7 +309,17 @@ impl Limiter {
         // Over the latency ceiling: shrink in proportion, never grow. A
         // surge that lasts long enough for the long-term average to get used
         // to queueing is still answered by shedding.
-        let target_us = self.config.target_latency.as_secs_f64() * 1e6;
+        // The ceiling is never under FLOOR_FACTOR times the best this
+        // process has done: where every call pays a round trip (ScyllaDB,
+        // Kafka) the configured ceiling would otherwise bind at no load.
+        w.floor_us = w.floor_us.min(short);
+        let target_us = (self.config.target_latency.as_secs_f64() * 1e6).max(
+            if self.config.target_latency.is_zero() {
+                0.0
+            } else {
+                FLOOR_FACTOR * w.floor_us
+            },
+        );
         let over_target = target_us > 0.0 && short > target_us;
         let next = if over_target {
             limit * gradient.min((target_us / short).clamp(0.5, 1.0))
@@ -622,10 +638,12 @@ mod tests {
             }))
         };
         let (gradient_only, ceiling) = (mk(Duration::ZERO), mk(Duration::from_millis(10)));
-        // A long steady 30 ms, calls near the limit: Gradient2 gets used to
-        // it (recent equals long-term) and keeps growing; with a 10 ms
-        // ceiling the limit comes down to its floor instead.
+        // Unloaded calls cost 2 ms here; then a long steady 30 ms, calls
+        // near the limit: Gradient2 gets used to it (recent equals
+        // long-term) and keeps growing; with a 10 ms ceiling the limit comes
+        // down to its floor instead.
         for l in [&gradient_only, &ceiling] {
+            feed(l, 20, Duration::from_millis(2), 10);
             feed(l, 400, Duration::from_millis(30), 200);
         }
         assert!(gradient_only.limit() >= 256.0, "{}", gradient_only.limit());
@@ -635,6 +653,24 @@ mod tests {
         let low = ceiling.limit();
         feed(&ceiling, 400, Duration::from_millis(2), (low as usize) - 1);
         assert!(ceiling.limit() > low, "{low} -> {}", ceiling.limit());
+    }
+
+    #[test]
+    fn the_ceiling_rises_to_three_times_what_calls_cost_here() {
+        // Calls that cost 8 ms even unloaded (storage across the network):
+        // a 3 ms ceiling would bind at once; the effective one is 24 ms.
+        let l = Arc::new(Limiter::new(AdmissionConfig {
+            initial_limit: 100,
+            min_limit: 16,
+            target_latency: Duration::from_millis(3),
+            ..Default::default()
+        }));
+        feed(&l, 400, Duration::from_millis(8), 60);
+        let steady = l.limit();
+        assert!(steady >= 100.0, "shrank at its normal latency: {steady}");
+        // Queueing to 40 ms (5x): over 24 ms, it comes down.
+        feed(&l, 400, Duration::from_millis(40), 90);
+        assert!(l.limit() < steady * 0.5, "{steady} -> {}", l.limit());
     }
 
     #[test]
