@@ -629,7 +629,10 @@ impl Sesame {
             // Metrics outermost, so shed calls are counted with their status.
             .layer(sesame_grpc::metrics::GrpcMetricsLayer)
             .layer(sesame_grpc::admission::AdmissionLayer::new(
-                config.admission.to_config(),
+                config.admission.to_config(
+                    !config.queue.starts_with("kafka://")
+                        && !config.storage.starts_with("scylla://"),
+                ),
             ))
             // What the client certificate proves, for tenant and internal checks.
             .layer(sesame_tls::PeerLayer::new(tls.clone()))
