@@ -103,4 +103,8 @@ if [ "$which" = kafka ] || [ "$which" = all ]; then
     loadtest --server "http://127.0.0.1:$port" --data-dir "$work/kafka" --users 2000 --server-pid "$server" \
         --out "$out/kafka-ramp.json" --chart "$out/kafka-ramp.svg" \
         ramp --start 200 --step-factor 1.3 --step-secs 8 --target-p99-ms 50
+    # A 10x surge on the same processes (defaults: no latency ceiling with Kafka).
+    loadtest --server "http://127.0.0.1:$port" --data-dir "$work/kafka" --users 3000 --server-pid "$server" \
+        --out "$out/kafka-surge.json" --chart "$out/kafka-surge.svg" \
+        surge --rate 100 --factor 10 --before 10 --during 20 --after 15
 fi
