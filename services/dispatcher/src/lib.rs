@@ -16,7 +16,6 @@ use std::time::Duration;
 
 pub mod metrics;
 
-use rand::Rng;
 use sesame_audit::AuditLog;
 use sesame_core::audit::{AuditAction, AuditEntry};
 use sesame_core::time::now_ms;
@@ -99,12 +98,7 @@ pub fn retry_delay(
         // challenge's expiry.
         return d;
     }
-    let exp = config
-        .base_backoff
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-    let cap = exp.min(config.max_backoff);
-    let millis = cap.as_millis().max(1) as u64;
-    Duration::from_millis(rand::thread_rng().gen_range(0..=millis))
+    sesame_core::time::full_jitter_backoff(config.base_backoff, config.max_backoff, attempt)
 }
 
 impl Dispatcher {

@@ -228,6 +228,24 @@ async fn login(rig: &Rig, phone: &mut Phone) {
 
 const IN_FLIGHT: usize = 64;
 
+/// `iters` whole logins spread over the phones, each phone one at a time.
+async fn logins_in_flight(rig: &Arc<Rig>, phones: &[Arc<Mutex<Phone>>], iters: u64) {
+    let mut tasks = Vec::new();
+    for (i, p) in phones.iter().enumerate() {
+        let n = iters as usize / phones.len() + usize::from(i < iters as usize % phones.len());
+        let (rig, p) = (rig.clone(), p.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut p = p.lock().await;
+            for _ in 0..n {
+                login(&rig, &mut p).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+}
+
 fn full_login(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let rig = Arc::new(rt.block_on(start()));
@@ -256,22 +274,7 @@ fn full_login(c: &mut Criterion) {
             let (rig, phones) = (rig.clone(), phones.clone());
             async move {
                 let start = Instant::now();
-                let mut tasks = Vec::new();
-                for (i, p) in phones.iter().enumerate() {
-                    // Spread `iters` logins over the phones.
-                    let n =
-                        iters as usize / IN_FLIGHT + usize::from(i < iters as usize % IN_FLIGHT);
-                    let (rig, p) = (rig.clone(), p.clone());
-                    tasks.push(tokio::spawn(async move {
-                        let mut p = p.lock().await;
-                        for _ in 0..n {
-                            login(&rig, &mut p).await;
-                        }
-                    }));
-                }
-                for t in tasks {
-                    t.await.expect("task");
-                }
+                logins_in_flight(&rig, &phones, iters).await;
                 start.elapsed()
             }
         })
@@ -360,21 +363,7 @@ fn login_with_webhook(c: &mut Criterion) {
             async move {
                 let before = receiver.delivered();
                 let start = Instant::now();
-                let mut tasks = Vec::new();
-                for (i, p) in phones.iter().enumerate() {
-                    let n =
-                        iters as usize / IN_FLIGHT + usize::from(i < iters as usize % IN_FLIGHT);
-                    let (rig, p) = (rig.clone(), p.clone());
-                    tasks.push(tokio::spawn(async move {
-                        let mut p = p.lock().await;
-                        for _ in 0..n {
-                            login(&rig, &mut p).await;
-                        }
-                    }));
-                }
-                for t in tasks {
-                    t.await.expect("task");
-                }
+                logins_in_flight(&rig, &phones, iters).await;
                 while receiver.delivered() < before + iters {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }

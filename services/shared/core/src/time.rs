@@ -12,3 +12,17 @@ pub fn now_ms() -> UnixMillis {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// Full-jitter exponential backoff before retry number `attempt` (1-based):
+/// uniform in `0..=min(base * 2^(attempt-1), max)`, so retries of many
+/// failures spread out instead of arriving together.
+pub fn full_jitter_backoff(
+    base: std::time::Duration,
+    max: std::time::Duration,
+    attempt: u32,
+) -> std::time::Duration {
+    use rand::Rng;
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let cap = exp.min(max).as_millis().max(1) as u64;
+    std::time::Duration::from_millis(rand::thread_rng().gen_range(0..=cap))
+}

@@ -26,7 +26,10 @@ pub(crate) fn read_file(path: &str) -> Result<String, PushConfigError> {
     })
 }
 
-fn rustls_config(
+/// A rustls client configuration: the public roots plus `tls`'s CA, its
+/// client identity if any, offering `alpn`. Also what the webhook sender
+/// uses towards tenants' receivers.
+pub fn client_tls_config(
     tls: &TlsOptions,
     alpn: &[&[u8]],
 ) -> Result<rustls::ClientConfig, PushConfigError> {
@@ -83,7 +86,7 @@ pub(crate) fn h2_client(
     tls: &TlsOptions,
     timeout: Duration,
 ) -> Result<reqwest::Client, PushConfigError> {
-    let config = rustls_config(tls, &[b"h2"])?;
+    let config = client_tls_config(tls, &[b"h2"])?;
     reqwest::Client::builder()
         .tls_backend_preconfigured(config)
         .http2_prior_knowledge()
@@ -103,7 +106,7 @@ pub(crate) fn any_client(
     tls: &TlsOptions,
     timeout: Duration,
 ) -> Result<reqwest::Client, PushConfigError> {
-    let config = rustls_config(tls, &[b"h2", b"http/1.1"])?;
+    let config = client_tls_config(tls, &[b"h2", b"http/1.1"])?;
     reqwest::Client::builder()
         .tls_backend_preconfigured(config)
         .timeout(timeout)

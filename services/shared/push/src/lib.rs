@@ -23,7 +23,7 @@ pub mod jwt;
 pub mod metrics;
 pub mod payload;
 mod simulator;
-pub use http::{parse_retry_after, TlsOptions};
+pub use http::{client_tls_config, parse_retry_after, TlsOptions};
 pub use simulator::{Accepted, SimulatedPush, SimulatorProvider, DEAD_TOKEN_PREFIX};
 
 /// The generic, localisable alert: no personal data goes through Apple or Google.

@@ -14,8 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use sesame_core::webhook::{
     signature_header, AddressPolicy, EndpointUrl, Secret, HEADER_ID, HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
@@ -87,33 +85,6 @@ pub struct Sender {
     policy: AddressPolicy,
 }
 
-fn tls_config(extra_ca_pem: Option<&str>) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(pem) = extra_ca_pem {
-        let mut n = 0;
-        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            let cert = cert.map_err(|e| format!("webhook.ca_file: not PEM: {e}"))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("webhook.ca_file: {e}"))?;
-            n += 1;
-        }
-        if n == 0 {
-            return Err("webhook.ca_file holds no PEM certificate".into());
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    // Whatever the receiver speaks.
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
-}
-
 /// `e` with its sources (reqwest's own message hides the cause).
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> (String, bool) {
     let mut s = e.to_string();
@@ -131,7 +102,17 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> (String, bool) {
 impl Sender {
     pub fn new(config: &WebhookConfig) -> Result<Sender, String> {
         let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls_config(config.extra_ca_pem.as_deref())?)
+            .tls_backend_preconfigured(
+                sesame_push::client_tls_config(
+                    &sesame_push::TlsOptions {
+                        extra_ca_pem: config.extra_ca_pem.clone(),
+                        client_identity_pem: None,
+                    },
+                    // Whatever the receiver speaks.
+                    &[b"h2", b"http/1.1"],
+                )
+                .map_err(|e| format!("webhook.ca_file: {e}"))?,
+            )
             .dns_resolver(Arc::new(GuardedResolver {
                 policy: config.allow.clone(),
             }))
@@ -215,9 +196,7 @@ pub fn read_answer(status: u16, retry_after: Option<&str>) -> Attempt {
     if (200..300).contains(&status) {
         return Attempt::Delivered { status };
     }
-    let after = retry_after
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+    let after = retry_after.and_then(sesame_push::parse_retry_after);
     let reason = if (300..400).contains(&status) {
         format!("receiver answered {status} (redirects are not followed)")
     } else {

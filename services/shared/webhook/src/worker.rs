@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use rand::Rng;
 use sesame_audit::AuditLog;
 use sesame_core::audit::{AuditAction, AuditEntry};
 use sesame_core::model::Outcome;
@@ -63,11 +62,7 @@ pub fn retry_delay(
     if let Some(d) = retry_after {
         return d.min(config.max_backoff);
     }
-    let exp = config
-        .base_backoff
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-    let cap = exp.min(config.max_backoff).as_millis().max(1) as u64;
-    Duration::from_millis(rand::thread_rng().gen_range(0..=cap))
+    sesame_core::time::full_jitter_backoff(config.base_backoff, config.max_backoff, attempt)
 }
 
 /// The body of a challenge's verdict delivery; `None` unless final and
