@@ -18,7 +18,7 @@ use sesame_grpc::{convert, ApiError};
 use sesame_proto::tenant::v1 as pb;
 use sesame_queue::{Event, PushJob, Queue};
 use sesame_ratelimit::{rules, GuardError, QuotaRefusal, TenantLimiter, UserGuard};
-use sesame_storage::{Created, Storage, StorageError};
+use sesame_storage::{GuardedCreate, Storage, StorageError};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -288,44 +288,10 @@ impl Creator {
         }
         let id = ChallengeId::generate();
         let expires_at = now + i64::from(ttl) * 1000;
-        let admission = match self
-            .guard
-            .admit(
-                &tenant,
-                &user_id,
-                &id,
-                expires_at,
-                now,
-                options.replace_pending,
-            )
-            .await
-        {
-            Ok(a) => a,
-            Err(e) => {
-                // Refused for this user: it must not cost the tenant's quota,
-                // or bombing one user would lock out the tenant's others.
-                if let Some(q) = &self.quotas {
-                    q.refund(&tenant, now);
-                }
-                return Err(match e {
-                    GuardError::Refused(r) => {
-                        crate::metrics::refused(&tenant, r.reason());
-                        crate::refusal(&r, now)
-                    }
-                    e => crate::guard_error(e),
-                });
-            }
-        };
-        // Repeated denials: the user must prove they see the page.
-        let mode = if admission.number_match_forced && mode == NumberMatchMode::None {
-            NumberMatchMode::Enter
-        } else {
-            mode
-        };
         let challenge = Challenge {
-            id,
+            id: id.clone(),
             tenant_id: tenant.clone(),
-            user_id,
+            user_id: user_id.clone(),
             context_hash: payload::context_hash(&context),
             context,
             number_match: number_match::generate(mode),
@@ -336,32 +302,109 @@ impl Creator {
             devices: devices.iter().map(|d| d.id.clone()).collect(),
             resolution: None,
         };
-        let (tenant_id, user_id, id) = (
-            challenge.tenant_id.clone(),
-            challenge.user_id.clone(),
-            challenge.id.clone(),
-        );
-        match self.store_and_push(challenge, &devices, &trace_id).await {
-            Ok((c, true)) => {
-                metrics::counter!(crate::metrics::CHALLENGES_CREATED, "tenant" => tenant_id.to_string())
-                    .increment(1);
-                if let Some(old) = admission.replaced {
-                    self.cancel_replaced(&tenant_id, &old.challenge_id).await;
+        // The guard's record and the challenge go to storage in one write
+        // (one durable commit on the embedded store).
+        let mut replaced = None;
+        let admitted = self
+            .guard
+            .admit_with(
+                &tenant,
+                &user_id,
+                &id,
+                expires_at,
+                now,
+                options.replace_pending,
+                |version, state, admission| {
+                    let mut c = challenge.clone();
+                    // Repeated denials: the user must prove they see the page.
+                    if admission.number_match_forced && mode == NumberMatchMode::None {
+                        c.number_match = number_match::generate(NumberMatchMode::Enter);
+                    }
+                    replaced = admission.replaced.clone();
+                    let storage = self.storage.clone();
+                    async move {
+                        Ok(
+                            match storage
+                                .create_challenge_guarded(&c, version, &state)
+                                .await?
+                            {
+                                GuardedCreate::Stale => None,
+                                GuardedCreate::New => Some(Ok(c)),
+                                GuardedCreate::Existing(earlier) => Some(Err(earlier)),
+                            },
+                        )
+                    }
+                },
+            )
+            .await;
+        let (admission, stored) = match admitted {
+            Ok(a) => a,
+            Err(e) => {
+                // Refused for this user: it must not cost the tenant's quota,
+                // or bombing one user would lock out the tenant's others.
+                if let Some(q) = &self.quotas {
+                    q.refund(&tenant, now);
                 }
-                Ok(c)
-            }
-            other => {
-                // Nothing new reached the user: give the prompt back, and the
-                // slot to the challenge this one was to replace.
-                if let Err(e) = self
-                    .guard
-                    .release(&tenant_id, &user_id, &id, now, admission.replaced.clone())
-                    .await
-                {
-                    tracing::warn!(error = %e, challenge_id = %id, "cannot release a guard admission");
+                if matches!(e, GuardError::Storage(_)) {
+                    // A backend without multi-key transactions may have
+                    // stored the admission before failing on the challenge.
+                    self.release(&tenant, &user_id, &id, now, replaced).await;
                 }
-                other.map(|(c, _)| c)
+                return Err(match e {
+                    GuardError::Refused(r) => {
+                        crate::metrics::refused(&tenant, r.reason());
+                        crate::refusal(&r, now)
+                    }
+                    e => crate::guard_error(e),
+                });
             }
+        };
+        let challenge = match stored {
+            Ok(c) => c,
+            Err(earlier) => {
+                // The idempotency key named an earlier challenge: nothing new
+                // reached the user.
+                self.release(&tenant, &user_id, &id, now, admission.replaced)
+                    .await;
+                if earlier.user_id != user_id {
+                    return Err(ApiError::invalid(
+                        "options.idempotency_key",
+                        "was already used for a challenge to another user",
+                    ));
+                }
+                return Ok(*earlier);
+            }
+        };
+        if let Err(e) = self.push(&challenge, &devices, &trace_id).await {
+            self.release(&tenant, &user_id, &id, now, admission.replaced)
+                .await;
+            return Err(e);
+        }
+        metrics::counter!(crate::metrics::CHALLENGES_CREATED, "tenant" => tenant.to_string())
+            .increment(1);
+        if let Some(old) = admission.replaced {
+            self.cancel_replaced(&tenant, &old.challenge_id).await;
+        }
+        Ok(challenge)
+    }
+
+    /// Gives back an admission whose challenge never reached the user: the
+    /// prompt, and the slot to the challenge it was to replace. Does nothing
+    /// when the guard's record does not hold it.
+    async fn release(
+        &self,
+        tenant: &TenantId,
+        user_id: &str,
+        id: &ChallengeId,
+        admitted_at: i64,
+        replaced: Option<sesame_core::model::PendingSlot>,
+    ) {
+        if let Err(e) = self
+            .guard
+            .release(tenant, user_id, id, admitted_at, replaced)
+            .await
+        {
+            tracing::warn!(error = %e, challenge_id = %id, "cannot release a guard admission");
         }
     }
 
@@ -393,28 +436,15 @@ impl Creator {
             }))
     }
 
-    /// Stores the challenge and queues its pushes. `(challenge, true)` for a
-    /// new one; `(earlier, false)` when the idempotency key named an earlier one.
-    async fn store_and_push(
+    /// Queues the pushes of a stored challenge; if the queue refuses them,
+    /// cancels it.
+    async fn push(
         &self,
-        challenge: Challenge,
+        challenge: &Challenge,
         devices: &[sesame_core::Device],
         trace_id: &str,
-    ) -> Result<(Challenge, bool), ApiError> {
-        let trace_id = trace_id.to_owned();
+    ) -> Result<(), ApiError> {
         let now = challenge.created_at;
-        match self.storage.create_challenge(&challenge).await? {
-            Created::New => {}
-            Created::Existing(existing) => {
-                if existing.user_id != challenge.user_id {
-                    return Err(ApiError::invalid(
-                        "options.idempotency_key",
-                        "was already used for a challenge to another user",
-                    ));
-                }
-                return Ok((*existing, false));
-            }
-        }
 
         let jobs: Vec<PushJob> = devices
             .iter()
@@ -430,7 +460,7 @@ impl Creator {
                 expires_at: challenge.expires_at,
                 enqueued_at: now,
                 attempt: 0,
-                trace_id: trace_id.clone(),
+                trace_id: trace_id.to_owned(),
                 not_before: 0,
             })
             .collect();
@@ -453,7 +483,7 @@ impl Creator {
             return Err(e.into());
         }
         tracing::debug!(tenant = %challenge.tenant_id, challenge_id = %challenge.id, "challenge created");
-        Ok((challenge, true))
+        Ok(())
     }
 
     /// Cancels the pending challenge a new one replaced (`replace_pending`).

@@ -162,6 +162,46 @@ impl UserGuard {
         now: UnixMillis,
         replace_pending: bool,
     ) -> Result<Admission, GuardError> {
+        let storage = &self.storage;
+        self.admit_with(
+            tenant,
+            user,
+            challenge_id,
+            expires_at,
+            now,
+            replace_pending,
+            |version, state, _| async move {
+                Ok(storage
+                    .put_user_guard(tenant, user, version, &state)
+                    .await?
+                    .then_some(()))
+            },
+        )
+        .await
+        .map(|(admission, ())| admission)
+    }
+
+    /// [`UserGuard::admit`] with the caller's own write: `write(version,
+    /// state, admission)` must store `state` only if the record is still at
+    /// `version` (a compare-and-set), and answer `None` when it was not (the
+    /// guard then reads again and decides again) or `Some` with what it
+    /// wrote. This lets the challenge go into the same storage write as
+    /// the record ([`Storage::create_challenge_guarded`]).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn admit_with<T, F, Fut>(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+        challenge_id: &ChallengeId,
+        expires_at: UnixMillis,
+        now: UnixMillis,
+        replace_pending: bool,
+        mut write: F,
+    ) -> Result<(Admission, T), GuardError>
+    where
+        F: FnMut(u64, UserGuardState, &Admission) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>, GuardError>>,
+    {
         let key = (tenant.clone(), user.to_owned());
         if let Some(r) = self.cached_refusal(&key, now) {
             return Err(GuardError::Refused(r));
@@ -195,17 +235,13 @@ impl UserGuard {
                     return Err(GuardError::Refused(r));
                 }
             }
-            let number_match_forced = rules::number_match_forced(&state, now, policy);
+            let admission = Admission {
+                number_match_forced: rules::number_match_forced(&state, now, policy),
+                replaced,
+            };
             rules::admit(&mut state, now, policy, challenge_id, expires_at);
-            if self
-                .storage
-                .put_user_guard(tenant, user, version, &state)
-                .await?
-            {
-                return Ok(Admission {
-                    number_match_forced,
-                    replaced,
-                });
+            if let Some(written) = write(version, state, &admission).await? {
+                return Ok((admission, written));
             }
         }
         Err(GuardError::Contention)

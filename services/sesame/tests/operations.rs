@@ -201,7 +201,8 @@ async fn live_ready_and_metrics_after_real_traffic() {
         );
     }
 
-    let storage_op = [("backend", "embedded"), ("op", "create_challenge")];
+    // A challenge and its guard record: one storage write.
+    let storage_op = [("backend", "embedded"), ("op", "create_challenge_guarded")];
     assert!(
         sample(
             &m,
@@ -209,6 +210,9 @@ async fn live_ready_and_metrics_after_real_traffic() {
             &storage_op
         ) >= Some(3.0)
     );
+    // The embedded store's group commits: at least one per write above.
+    assert!(sample(&m, "sesame_embedded_commit_writes_count", &[]) >= Some(3.0));
+    assert!(sample(&m, "sesame_embedded_commit_duration_seconds_count", &[]) >= Some(3.0));
     let transition = [("op", "resolve_challenge"), ("kind", "transition")];
     assert_eq!(
         sample(&m, "sesame_storage_errors_total", &transition),

@@ -46,6 +46,19 @@ pub enum Created {
     Existing(Box<Challenge>),
 }
 
+/// What [`Storage::create_challenge_guarded`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuardedCreate {
+    /// The challenge and the guard record were both stored.
+    New,
+    /// The tenant already created a challenge with this idempotency key:
+    /// that one. This challenge was not stored.
+    Existing(Box<Challenge>),
+    /// The guard record's version was no longer the expected one: nothing
+    /// was written; the caller re-reads the record and decides again.
+    Stale,
+}
+
 /// Which of one tenant's audit records to read: those in `[from, to)` (by
 /// the entry's time), of one user or one challenge when set, in order of
 /// (time, chain, seq), starting after `after` (the last record of the
@@ -193,6 +206,35 @@ pub trait Storage: Send + Sync + 'static {
         expected: u64,
         state: &UserGuardState,
     ) -> Result<bool>;
+
+    /// Stores a new challenge together with its user's guard record (the
+    /// compare-and-set of [`Storage::put_user_guard`], version `expected`),
+    /// so that a login costs one durable write instead of two.
+    ///
+    /// Backends with multi-key transactions (embedded, mem) apply both or
+    /// neither. The default, for backends without them (ScyllaDB: a
+    /// lightweight transaction covers one partition), runs the
+    /// compare-and-set and then the insert; there, after `Existing` or an
+    /// error, the guard record may hold the admission, and the caller undoes
+    /// it (`UserGuard::release` does nothing when the record does not name
+    /// this challenge). `Stale` always means nothing was written.
+    async fn create_challenge_guarded(
+        &self,
+        challenge: &Challenge,
+        expected: u64,
+        guard: &UserGuardState,
+    ) -> Result<GuardedCreate> {
+        if !self
+            .put_user_guard(&challenge.tenant_id, &challenge.user_id, expected, guard)
+            .await?
+        {
+            return Ok(GuardedCreate::Stale);
+        }
+        Ok(match self.create_challenge(challenge).await? {
+            Created::New => GuardedCreate::New,
+            Created::Existing(e) => GuardedCreate::Existing(e),
+        })
+    }
 
     /// Replaces this instance's usage report for the tenant (idempotent overwrite).
     async fn put_usage(&self, tenant: &TenantId, report: &UsageReport) -> Result<()>;

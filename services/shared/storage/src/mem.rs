@@ -15,7 +15,7 @@ use sesame_core::{
     TenantId,
 };
 
-use crate::{AuditCursor, AuditQuery, Created, Result, Storage, StorageError};
+use crate::{AuditCursor, AuditQuery, Created, GuardedCreate, Result, Storage, StorageError};
 
 #[derive(Default)]
 struct Inner {
@@ -224,6 +224,30 @@ impl Storage for MemStorage {
         }
         g.challenges.insert(challenge.id.clone(), challenge.clone());
         Ok(Created::New)
+    }
+
+    async fn create_challenge_guarded(
+        &self,
+        challenge: &Challenge,
+        expected: u64,
+        guard: &UserGuardState,
+    ) -> Result<GuardedCreate> {
+        // One lock for both: all checks first, then both writes.
+        let mut g = self.lock()?;
+        let guard_key = (challenge.tenant_id.clone(), challenge.user_id.clone());
+        if g.guards.get(&guard_key).map(|(v, _)| *v).unwrap_or(0) != expected {
+            return Ok(GuardedCreate::Stale);
+        }
+        if let Some(key) = &challenge.idempotency_key {
+            let k = (challenge.tenant_id.clone(), key.clone());
+            if let Some(existing) = g.idempotency.get(&k).and_then(|id| g.challenges.get(id)) {
+                return Ok(GuardedCreate::Existing(Box::new(existing.clone())));
+            }
+            g.idempotency.insert(k, challenge.id.clone());
+        }
+        g.challenges.insert(challenge.id.clone(), challenge.clone());
+        g.guards.insert(guard_key, (expected + 1, guard.clone()));
+        Ok(GuardedCreate::New)
     }
 
     async fn get_challenge(&self, id: &ChallengeId) -> Result<Option<Challenge>> {

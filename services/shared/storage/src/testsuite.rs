@@ -16,7 +16,7 @@ use sesame_core::audit::{
     chain_id, verify_chain, AuditAction, AuditEntry, AuditRecord, ChainHead, Chainer,
 };
 
-use crate::{AuditCursor, AuditQuery, Created, Storage, StorageError};
+use crate::{AuditCursor, AuditQuery, Created, GuardedCreate, Storage, StorageError};
 
 pub type Store = Arc<dyn Storage>;
 
@@ -628,6 +628,120 @@ pub async fn user_guard_race_has_one_winner(s: Store) {
     assert_eq!(s.get_user_guard(&t, "racer").await.unwrap().0, 1);
 }
 
+/// A challenge stored with its guard record: both written, or on a stale
+/// version neither.
+pub async fn guarded_create_writes_both_or_neither(s: Store) {
+    let t = fresh_tenant();
+    let d = DeviceId::generate();
+    let a = UserGuardState {
+        pushes: vec![now_ms()],
+        ..Default::default()
+    };
+    let mut c1 = challenge(&t, "alice", vec![d.clone()], 60_000);
+    c1.idempotency_key = Some("k".into());
+    assert_eq!(
+        s.create_challenge_guarded(&c1, 1, &a).await.unwrap(),
+        GuardedCreate::Stale,
+        "no record yet: version 0"
+    );
+    assert_eq!(s.get_challenge(&c1.id).await.unwrap(), None);
+    assert_eq!(
+        s.create_challenge_guarded(&c1, 0, &a).await.unwrap(),
+        GuardedCreate::New
+    );
+    assert_eq!(s.get_challenge(&c1.id).await.unwrap(), Some(c1.clone()));
+    assert_eq!(s.get_user_guard(&t, "alice").await.unwrap(), (1, a.clone()));
+    // The challenge's indexes were written too.
+    assert_eq!(
+        s.pending_challenges(&d, now_ms()).await.unwrap(),
+        vec![c1.clone()]
+    );
+
+    // A stale version writes nothing.
+    let b = UserGuardState {
+        muted_until: 42,
+        ..Default::default()
+    };
+    let c2 = challenge(&t, "alice", vec![d.clone()], 60_000);
+    assert_eq!(
+        s.create_challenge_guarded(&c2, 0, &b).await.unwrap(),
+        GuardedCreate::Stale
+    );
+    assert_eq!(s.get_challenge(&c2.id).await.unwrap(), None);
+    assert_eq!(s.get_user_guard(&t, "alice").await.unwrap(), (1, a.clone()));
+
+    // The idempotency key returns the first challenge and stores no second.
+    let mut c3 = challenge(&t, "alice", vec![d.clone()], 60_000);
+    c3.idempotency_key = Some("k".into());
+    assert_eq!(
+        s.create_challenge_guarded(&c3, 1, &b).await.unwrap(),
+        GuardedCreate::Existing(Box::new(c1.clone()))
+    );
+    assert_eq!(s.get_challenge(&c3.id).await.unwrap(), None);
+
+    // Another user's record is untouched.
+    assert_eq!(s.get_user_guard(&t, "bob").await.unwrap().0, 0);
+}
+
+/// On backends that write both in one transaction, an idempotent retry
+/// leaves the guard record as it was (not part of the shared suite: the
+/// trait's default, used by ScyllaDB, writes the record first).
+pub async fn guarded_create_is_atomic(s: Store) {
+    let t = fresh_tenant();
+    let a = UserGuardState {
+        pushes: vec![1],
+        ..Default::default()
+    };
+    let mut c1 = challenge(&t, "alice", vec![], 60_000);
+    c1.idempotency_key = Some("k".into());
+    assert_eq!(
+        s.create_challenge_guarded(&c1, 0, &a).await.unwrap(),
+        GuardedCreate::New
+    );
+    let b = UserGuardState {
+        pushes: vec![1, 2],
+        ..Default::default()
+    };
+    let mut c2 = challenge(&t, "alice", vec![], 60_000);
+    c2.idempotency_key = Some("k".into());
+    assert_eq!(
+        s.create_challenge_guarded(&c2, 1, &b).await.unwrap(),
+        GuardedCreate::Existing(Box::new(c1))
+    );
+    assert_eq!(s.get_user_guard(&t, "alice").await.unwrap(), (1, a));
+}
+
+/// Concurrent guarded creates from the same version: exactly one challenge.
+pub async fn guarded_create_race_has_one_winner(s: Store) {
+    let t = fresh_tenant();
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let (s, t) = (s.clone(), t.clone());
+            tokio::spawn(async move {
+                let c = challenge(&t, "racer", vec![], 60_000);
+                let st = UserGuardState {
+                    pushes: vec![i],
+                    ..Default::default()
+                };
+                let r = s.create_challenge_guarded(&c, 0, &st).await.unwrap();
+                let stored = s.get_challenge(&c.id).await.unwrap().is_some();
+                assert_eq!(stored, r == GuardedCreate::New, "{r:?}");
+                r
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            GuardedCreate::New => wins += 1,
+            GuardedCreate::Stale => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(s.get_user_guard(&t, "racer").await.unwrap().0, 1);
+}
+
 /// Usage reports: one per (tenant, instance), overwritten, listed per tenant.
 pub async fn usage_reports_overwrite_per_instance(s: Store) {
     let (t1, t2) = (fresh_tenant(), fresh_tenant());
@@ -1020,6 +1134,8 @@ macro_rules! storage_suite {
             answer_race_has_one_winner,
             user_guard_compare_and_set,
             user_guard_race_has_one_winner,
+            guarded_create_writes_both_or_neither,
+            guarded_create_race_has_one_winner,
             usage_reports_overwrite_per_instance,
             purge_removes_only_expired,
             lists_span_pages,

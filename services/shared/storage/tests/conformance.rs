@@ -4,6 +4,14 @@ mod mem {
     use std::sync::Arc;
 
     sesame_storage::storage_suite!(Arc::new(sesame_storage::MemStorage::new()));
+
+    #[tokio::test]
+    async fn guarded_create_is_atomic() {
+        sesame_storage::testsuite::guarded_create_is_atomic(Arc::new(
+            sesame_storage::MemStorage::new(),
+        ))
+        .await;
+    }
 }
 
 mod embedded {
@@ -21,6 +29,11 @@ mod embedded {
     }
 
     sesame_storage::storage_suite!(open());
+
+    #[tokio::test]
+    async fn guarded_create_is_atomic() {
+        sesame_storage::testsuite::guarded_create_is_atomic(open()).await;
+    }
 }
 
 /// The metrics decorator must be transparent: the whole suite through it.
@@ -30,4 +43,13 @@ mod metered {
     sesame_storage::storage_suite!(Arc::new(sesame_storage::MeteredStorage::new(Arc::new(
         sesame_storage::MemStorage::new()
     ))));
+
+    /// It forwards the atomic method instead of falling back on the trait's default.
+    #[tokio::test]
+    async fn guarded_create_is_atomic() {
+        sesame_storage::testsuite::guarded_create_is_atomic(Arc::new(
+            sesame_storage::MeteredStorage::new(Arc::new(sesame_storage::MemStorage::new())),
+        ))
+        .await;
+    }
 }
