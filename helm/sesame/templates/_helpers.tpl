@@ -153,6 +153,7 @@ app.kubernetes.io/component: {{ .role }}
 {{- $_ := set $c "storage" "embedded" -}}
 {{- $_ := set $c "queue" "memory" -}}
 {{- $_ := set $c "durable_writes" $v.embedded.durableWrites -}}
+{{- $_ := set $c "embedded_cache_mib" (int $v.embedded.cacheMiB) -}}
 {{- else -}}
 {{- $nodes := list -}}
 {{- range $cp := $v.scylla.contactPoints -}}

@@ -95,6 +95,7 @@ impl Sesame {
             _ => {
                 let mut c = EmbeddedConfig::new(EmbeddedStorage::path_in(&config.data_dir));
                 c.durable = config.durable_writes;
+                c.cache_bytes = config.embedded_cache_mib << 20;
                 Arc::new(EmbeddedStorage::open(c).with_context(|| {
                     format!(
                         "opening the embedded store in {}",

@@ -116,6 +116,9 @@ pub struct EmbeddedConfig {
     pub max_batch: usize,
     /// Writes that may wait for the writer before callers get `Unavailable`.
     pub queue_capacity: usize,
+    /// redb's page cache (a tenth of it for pages being written): a bound
+    /// on the store's memory, reached once the file outgrows it.
+    pub cache_bytes: usize,
 }
 
 impl EmbeddedConfig {
@@ -125,6 +128,7 @@ impl EmbeddedConfig {
             durable: true,
             max_batch: 1024,
             queue_capacity: 65_536,
+            cache_bytes: 64 << 20,
         }
     }
 }
@@ -298,9 +302,12 @@ impl EmbeddedStorage {
                 })?;
             }
         }
-        let db = Database::create(&config.path).map_err(|e| {
-            StorageError::Backend(format!("cannot open {}: {e}", config.path.display()))
-        })?;
+        let db = redb::Builder::new()
+            .set_cache_size(config.cache_bytes)
+            .create(&config.path)
+            .map_err(|e| {
+                StorageError::Backend(format!("cannot open {}: {e}", config.path.display()))
+            })?;
         // Create every table up front so that reads never meet a missing one.
         let txn = db.begin_write().map_err(backend)?;
         for t in ALL_TABLES {
