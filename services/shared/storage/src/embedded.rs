@@ -274,6 +274,13 @@ fn idempotent_original(txn: &WriteTransaction, c: &Challenge) -> Result<Option<C
     }
 }
 
+/// The stored version of a guard record (0: none yet).
+fn guard_version(txn: &WriteTransaction, key: &[u8]) -> Result<u64> {
+    Ok(get_in::<GuardRecord>(txn, USER_GUARDS, key)?
+        .map(|r| r.version)
+        .unwrap_or(0))
+}
+
 /// Writes a new challenge (`value`: its encoding) and its index entries.
 fn insert_challenge(txn: &WriteTransaction, c: &Challenge, value: &[u8]) -> Result<()> {
     let id = c.id.as_str();
@@ -726,10 +733,7 @@ impl Storage for EmbeddedStorage {
         // One job in the writer's batch: both checks, then both writes, in
         // the same transaction and so the same group commit.
         self.write(move |txn| {
-            let current = get_in::<GuardRecord>(txn, USER_GUARDS, &guard_key)?
-                .map(|r| r.version)
-                .unwrap_or(0);
-            if current != expected {
+            if guard_version(txn, &guard_key)? != expected {
                 return Ok(GuardedCreate::Stale);
             }
             if let Some(existing) = idempotent_original(txn, &c)? {
@@ -822,10 +826,7 @@ impl Storage for EmbeddedStorage {
         // The writer applies writes one at a time: the version check and the
         // write are atomic, like a ScyllaDB `UPDATE ... IF version = ?`.
         self.write(move |txn| {
-            let current = get_in::<GuardRecord>(txn, USER_GUARDS, &key)?
-                .map(|r| r.version)
-                .unwrap_or(0);
-            if current != expected {
+            if guard_version(txn, &key)? != expected {
                 return Ok(false);
             }
             put_in(txn, USER_GUARDS, &key, &value)?;

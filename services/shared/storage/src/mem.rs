@@ -33,6 +33,32 @@ struct Inner {
     dead_deliveries: BTreeMap<(TenantId, String), DeadDelivery>,
 }
 
+impl Inner {
+    /// Stores a new challenge, or returns the tenant's earlier one with the
+    /// same idempotency key (storing nothing).
+    fn insert_challenge(&mut self, challenge: &Challenge) -> Created {
+        if let Some(key) = &challenge.idempotency_key {
+            let k = (challenge.tenant_id.clone(), key.clone());
+            if let Some(existing) = self
+                .idempotency
+                .get(&k)
+                .and_then(|id| self.challenges.get(id))
+            {
+                return Created::Existing(Box::new(existing.clone()));
+            }
+            self.idempotency.insert(k, challenge.id.clone());
+        }
+        self.challenges
+            .insert(challenge.id.clone(), challenge.clone());
+        Created::New
+    }
+
+    /// The guard record's version (0: none yet).
+    fn guard_version(&self, key: &(TenantId, String)) -> u64 {
+        self.guards.get(key).map(|(v, _)| *v).unwrap_or(0)
+    }
+}
+
 #[derive(Default)]
 pub struct MemStorage {
     inner: Mutex<Inner>,
@@ -214,16 +240,7 @@ impl Storage for MemStorage {
     }
 
     async fn create_challenge(&self, challenge: &Challenge) -> Result<Created> {
-        let mut g = self.lock()?;
-        if let Some(key) = &challenge.idempotency_key {
-            let k = (challenge.tenant_id.clone(), key.clone());
-            if let Some(existing) = g.idempotency.get(&k).and_then(|id| g.challenges.get(id)) {
-                return Ok(Created::Existing(Box::new(existing.clone())));
-            }
-            g.idempotency.insert(k, challenge.id.clone());
-        }
-        g.challenges.insert(challenge.id.clone(), challenge.clone());
-        Ok(Created::New)
+        Ok(self.lock()?.insert_challenge(challenge))
     }
 
     async fn create_challenge_guarded(
@@ -232,20 +249,15 @@ impl Storage for MemStorage {
         expected: u64,
         guard: &UserGuardState,
     ) -> Result<GuardedCreate> {
-        // One lock for both: all checks first, then both writes.
+        // One lock for both: the version check, then the challenge, then the record.
         let mut g = self.lock()?;
         let guard_key = (challenge.tenant_id.clone(), challenge.user_id.clone());
-        if g.guards.get(&guard_key).map(|(v, _)| *v).unwrap_or(0) != expected {
+        if g.guard_version(&guard_key) != expected {
             return Ok(GuardedCreate::Stale);
         }
-        if let Some(key) = &challenge.idempotency_key {
-            let k = (challenge.tenant_id.clone(), key.clone());
-            if let Some(existing) = g.idempotency.get(&k).and_then(|id| g.challenges.get(id)) {
-                return Ok(GuardedCreate::Existing(Box::new(existing.clone())));
-            }
-            g.idempotency.insert(k, challenge.id.clone());
+        if let Created::Existing(e) = g.insert_challenge(challenge) {
+            return Ok(GuardedCreate::Existing(e));
         }
-        g.challenges.insert(challenge.id.clone(), challenge.clone());
         g.guards.insert(guard_key, (expected + 1, guard.clone()));
         Ok(GuardedCreate::New)
     }
@@ -306,8 +318,7 @@ impl Storage for MemStorage {
     ) -> Result<bool> {
         let mut g = self.lock()?;
         let key = (tenant.clone(), user_id.to_owned());
-        let current = g.guards.get(&key).map(|(v, _)| *v).unwrap_or(0);
-        if current != expected {
+        if g.guard_version(&key) != expected {
             return Ok(false);
         }
         g.guards.insert(key, (expected + 1, state.clone()));
